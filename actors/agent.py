@@ -1,0 +1,137 @@
+"""AgentActor: one agent, in its own thread, with its session and its heartbeat timer."""
+
+import logging
+import threading
+from typing import Any
+
+import pykka
+
+from actors.scheduler import Scheduler, Timers
+from actors.supervision import SupervisedActor
+from agent_runtime import logs, metrics
+from agent_runtime.clock import monotonic_s, now_ms
+from messages import AgentRecord, Heartbeat, TimerFired, UpdateAgent
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_TIMER = "heartbeat"
+
+
+class AgentSession:
+    """The agent's session, keyed by its session key; jobs for the agent run in it."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.opened_at_ms = now_ms()
+        logger.info("session %s opened", key)
+
+    def close(self) -> None:
+        """End the session; the agent has no session until a new one is opened."""
+        logger.info("session %s closed", self.key)
+
+
+def thread_name(record: AgentRecord) -> str:
+    """The name of the agent's thread, as it appears in logs and thread dumps."""
+    return f"agent-{record.name}-{record.id[:8]}"
+
+
+class AgentActor(SupervisedActor):
+    """Keeps one agent online: beats every `heartbeatIntervalMs` to the HeartbeatWriter.
+
+    Its supervisor (the SyncActor) starts it with the delay of its first heartbeat,
+    sends `UpdateAgent` when the backend's record changes, and stops it when the agent
+    is removed. Every log line from its thread carries the agent's id, name and session.
+    """
+
+    def __init__(
+        self,
+        record: AgentRecord,
+        *,
+        supervisor: pykka.ActorRef[Any],
+        scheduler: Scheduler,
+        heartbeat_writer: pykka.ActorRef[Any],
+        first_heartbeat_delay_s: float,
+    ) -> None:
+        super().__init__(supervisor, child_id=record.id)
+        self.record = record
+        self._scheduler = scheduler
+        self._heartbeat_writer = heartbeat_writer
+        self._first_heartbeat_delay_s = first_heartbeat_delay_s
+        self._session: AgentSession | None = None
+        self._timers: Timers | None = None
+        self._last_beat_s: float | None = None
+
+    @property
+    def timers(self) -> Timers:
+        """The actor's timers (exist once the actor has started)."""
+        assert self._timers is not None
+        return self._timers
+
+    def started(self) -> None:
+        self._identify()
+        self._timers = Timers(self._scheduler, self.actor_ref)
+        self._session = AgentSession(self.record.session_key)
+        self.timers.start_periodic(
+            HEARTBEAT_TIMER,
+            self.record.heartbeat_interval_ms / 1000,
+            initial_delay_s=self._first_heartbeat_delay_s,
+        )
+        logger.info(
+            "agent started: heartbeat every %d ms, first in %.2f s",
+            self.record.heartbeat_interval_ms,
+            self._first_heartbeat_delay_s,
+        )
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, TimerFired):
+            if self.timers.accept(message) and message.key == HEARTBEAT_TIMER:
+                self._beat(message)
+        elif isinstance(message, UpdateAgent):
+            self._update(message.record)
+        else:
+            super().on_receive(message)
+
+    def _beat(self, tick: TimerFired) -> None:
+        now_s = monotonic_s()
+        metrics.HEARTBEAT_LATENESS.observe(max(0.0, now_s - tick.due_s))
+        self._last_beat_s = now_s
+        self._heartbeat_writer.tell(Heartbeat(agent_id=self.record.id, at_ms=now_ms()))
+        logger.debug("heartbeat")
+
+    def _update(self, new: AgentRecord) -> None:
+        old, self.record = self.record, new
+        if new.session_key != old.session_key and self._session is not None:
+            self._session.close()
+        if new.name != old.name or new.session_key != old.session_key:
+            self._identify()
+        if new.session_key != old.session_key:
+            self._session = AgentSession(new.session_key)
+            logger.info("session replaced: %s -> %s", old.session_key, new.session_key)
+        if new.heartbeat_interval_ms != old.heartbeat_interval_ms:
+            interval_s = new.heartbeat_interval_ms / 1000
+            # Keep the rhythm: the next beat is one new interval after the last one.
+            since_last_s = (
+                monotonic_s() - self._last_beat_s if self._last_beat_s is not None else 0.0
+            )
+            self.timers.start_periodic(
+                HEARTBEAT_TIMER, interval_s, initial_delay_s=max(0.0, interval_s - since_last_s)
+            )
+            logger.info(
+                "heartbeat rescheduled: every %d ms (was %d ms)",
+                new.heartbeat_interval_ms,
+                old.heartbeat_interval_ms,
+            )
+        logger.debug("record updated")
+
+    def _identify(self) -> None:
+        threading.current_thread().name = thread_name(self.record)
+        logs.bind_agent(self.record.id, self.record.name, self.record.session_key)
+
+    def cleanup(self, crashed: bool) -> None:
+        if self._timers is not None:
+            self._timers.cancel_all()
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        logger.info("agent %s", "crashed" if crashed else "stopped")
+        logs.unbind_agent()

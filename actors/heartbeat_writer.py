@@ -1,0 +1,165 @@
+"""HeartbeatWriter: coalesces every agent's heartbeats into batched backend writes.
+
+Presence is written here and only here, in one thread, so a removed agent's last
+heartbeat can never land after it was marked offline.
+"""
+
+import logging
+from typing import Any
+
+import pykka
+
+from actors.scheduler import Scheduler, Timers
+from actors.supervision import SupervisedActor
+from agent_runtime import metrics
+from agent_runtime.clock import monotonic_s, now_ms
+from agent_runtime.errors import BackendError
+from agent_runtime.status import StatusBoard
+from backend import Backend
+from messages import AgentsStopped, FlushHeartbeats, Heartbeat, HeartbeatStatus, TimerFired
+
+logger = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S = 1.0
+"""A heartbeat waits at most this long before it is written."""
+
+MIN_FLUSH_SPACING_S = 0.5
+"""Writes are at least this far apart: at most 2 backend writes per second, whatever N."""
+
+FLUSH_TIMER = "flush"
+STATUS_NAME = "heartbeats"
+
+
+class HeartbeatWriter(SupervisedActor):
+    """Buffers `Heartbeat`s (latest per agent) and writes them in one call per flush.
+
+    A flush happens at most FLUSH_INTERVAL_S after a heartbeat arrives, and sooner
+    (but never closer than MIN_FLUSH_SPACING_S to the previous one) when an agent beats
+    for the first time, so new agents show online quickly. A failed write keeps the
+    heartbeats and retries at the next flush. `AgentsStopped` writes what is pending,
+    then marks those agents offline.
+    """
+
+    def __init__(
+        self,
+        *,
+        supervisor: pykka.ActorRef[Any] | None,
+        backend: Backend,
+        scheduler: Scheduler,
+        status_board: StatusBoard,
+    ) -> None:
+        super().__init__(supervisor, child_id="heartbeat_writer")
+        self._backend = backend
+        self._scheduler = scheduler
+        self._board = status_board
+        self._timers: Timers | None = None
+        self._pending: dict[str, Heartbeat] = {}
+        self._pending_offline: set[str] = set()
+        self._last_written_at: dict[str, int] = {}
+        self._last_flush_s = float("-inf")
+        self._flush_due_s: float | None = None
+        self._last_flush_at: int | None = None
+        self._last_error: str | None = None
+
+    @property
+    def timers(self) -> Timers:
+        """The actor's timers (exist once the actor has started)."""
+        assert self._timers is not None
+        return self._timers
+
+    def started(self) -> None:
+        self._timers = Timers(self._scheduler, self.actor_ref)
+        self._publish()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Heartbeat):
+            self._add(message)
+        elif isinstance(message, TimerFired):
+            if self.timers.accept(message):
+                self._flush_due_s = None
+                self._flush()
+        elif isinstance(message, AgentsStopped):
+            self._stopped(message.agent_ids)
+        elif isinstance(message, FlushHeartbeats):
+            self._flush()
+        else:
+            super().on_receive(message)
+
+    def _add(self, beat: Heartbeat) -> None:
+        known = self._pending.get(beat.agent_id)
+        if known is None or known.at_ms < beat.at_ms:
+            self._pending[beat.agent_id] = beat
+        first_beat = beat.agent_id not in self._last_written_at
+        now_s = monotonic_s()
+        due_s = now_s if first_beat else now_s + FLUSH_INTERVAL_S
+        self._arm_flush(max(due_s, self._last_flush_s + MIN_FLUSH_SPACING_S))
+
+    def _arm_flush(self, due_s: float) -> None:
+        if self._flush_due_s is not None and self._flush_due_s <= due_s:
+            return  # an earlier flush is already armed
+        self._flush_due_s = due_s
+        self.timers.start_single(FLUSH_TIMER, due_s - monotonic_s())
+
+    def _flush(self) -> None:
+        self._last_flush_s = monotonic_s()
+        if self._pending:
+            beats = list(self._pending.values())
+            self._pending.clear()
+            try:
+                self._backend.record_heartbeats(beats)
+            except BackendError as error:
+                metrics.HEARTBEAT_WRITE_FAILURES.inc()
+                self._failed(f"heartbeat write failed, will retry: {error}")
+                for beat in beats:  # nothing newer can have arrived during the call
+                    self._pending[beat.agent_id] = beat
+            else:
+                metrics.HEARTBEAT_WRITES.inc()
+                metrics.HEARTBEATS_WRITTEN.inc(len(beats))
+                for beat in beats:
+                    self._last_written_at[beat.agent_id] = beat.at_ms
+                self._last_flush_at = now_ms()
+                self._last_error = None
+        self._write_offline()
+        if self._pending or self._pending_offline:
+            self._arm_flush(monotonic_s() + FLUSH_INTERVAL_S)
+        self._publish()
+
+    def _stopped(self, agent_ids: tuple[str, ...]) -> None:
+        self._pending_offline.update(agent_ids)
+        self._flush()
+        for agent_id in agent_ids:
+            self._last_written_at.pop(agent_id, None)
+        self._publish()
+
+    def _write_offline(self) -> None:
+        if not self._pending_offline:
+            return
+        agent_ids = sorted(self._pending_offline)
+        try:
+            self._backend.mark_offline(agent_ids)
+        except BackendError as error:
+            self._failed(f"marking {len(agent_ids)} agent(s) offline failed, will retry: {error}")
+        else:
+            self._pending_offline.difference_update(agent_ids)
+
+    def _failed(self, problem: str) -> None:
+        if problem != self._last_error:
+            logger.warning("%s", problem)
+        self._last_error = problem
+
+    def _publish(self) -> None:
+        self._board.publish(
+            STATUS_NAME,
+            HeartbeatStatus.model_construct(
+                last_written_at=dict(self._last_written_at),
+                last_flush_at=self._last_flush_at,
+                last_error=self._last_error,
+                pending=len(self._pending),
+            ),
+        )
+
+    def cleanup(self, crashed: bool) -> None:
+        if self._timers is not None:
+            self._timers.cancel_all()
+        if not crashed:
+            self._flush()  # last chance: the process is stopping

@@ -1,0 +1,167 @@
+"""Runtime: the root supervisor. Wires the role's actors and owns the shutdown order.
+
+Children are started in order (HeartbeatWriter, then SyncActor) and stopped in reverse.
+A crashed child is restarted with backoff together with its sibling (OTP's one_for_all:
+the SyncActor and its agents hold the writer's ref, and a restart of both is cheap: the
+writer flushes on stop, the new SyncActor re-spawns the agents in its first sync). Past
+the restart intensity limit the Runtime gives up and calls `on_fatal`, and the process
+exits non-zero so the platform restarts it.
+"""
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.heartbeat_writer import HeartbeatWriter
+from actors.scheduler import Scheduler, Timers
+from actors.supervision import DEFAULT_BACKOFF, Backoff, RestartIntensity
+from actors.sync import SyncActor
+from agent_runtime import metrics
+from agent_runtime.clock import monotonic_s
+from agent_runtime.status import StatusBoard
+from backend import Backend
+from messages import ChildFailed, TimerFired
+
+logger = logging.getLogger(__name__)
+
+CHILD_STOP_TIMEOUT_S = 4.0
+"""Per child; the SyncActor's stop includes stopping every agent."""
+
+RESTART_TIMER = "restart"
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """What the Runtime needs to know about its role and timing."""
+
+    runs_agents: bool
+    sync_interval_s: float
+    backoff: Backoff = DEFAULT_BACKOFF
+    intensity: tuple[int, float] = (5, 60.0)
+    """(max restarts, within seconds) for core actors before the process gives up."""
+
+
+class Runtime(pykka.ThreadingActor):
+    """Root of the actor tree. Start it with `Runtime.start(...)`; stop it with
+    `ref.stop()`, which stops every child in reverse start order, then the Scheduler."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        *,
+        options: RuntimeOptions,
+        backend: Backend,
+        status_board: StatusBoard,
+        on_fatal: Callable[[str], None],
+        scheduler: Scheduler | None = None,
+    ) -> None:
+        super().__init__()
+        self._options = options
+        self._backend = backend
+        self._board = status_board
+        self._on_fatal = on_fatal
+        self._scheduler = scheduler or Scheduler()
+        self._timers: Timers | None = None
+        self._intensity = RestartIntensity(*options.intensity)
+        self._consecutive_failures = 0
+        self._last_start_s = 0.0
+        self._restart_pending = False
+        self.writer: pykka.ActorRef[HeartbeatWriter] | None = None
+        self.sync: pykka.ActorRef[SyncActor] | None = None
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The process's one Scheduler, owned by the Runtime."""
+        return self._scheduler
+
+    def on_start(self) -> None:
+        threading.current_thread().name = "Runtime"
+        self._scheduler.start()
+        self._timers = Timers(self._scheduler, self.actor_ref)
+        self._start_children()
+
+    def _start_children(self) -> None:
+        self._last_start_s = monotonic_s()
+        if not self._options.runs_agents:
+            return
+        self.writer = HeartbeatWriter.start(
+            supervisor=self.actor_ref,
+            backend=self._backend,
+            scheduler=self._scheduler,
+            status_board=self._board,
+        )
+        self.sync = SyncActor.start(
+            supervisor=self.actor_ref,
+            backend=self._backend,
+            scheduler=self._scheduler,
+            heartbeat_writer=self.writer,
+            status_board=self._board,
+            sync_interval_s=self._options.sync_interval_s,
+            backoff=self._options.backoff,
+        )
+
+    def _stop_children(self) -> None:
+        for name in ("sync", "writer"):  # reverse start order
+            ref = getattr(self, name)
+            setattr(self, name, None)
+            if ref is None:
+                continue
+            try:
+                ref.stop(timeout=CHILD_STOP_TIMEOUT_S)
+            except pykka.Timeout:
+                logger.error("%s did not stop within %.0f s", name, CHILD_STOP_TIMEOUT_S)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, ChildFailed):
+            self._child_failed(message)
+        elif isinstance(message, TimerFired):
+            assert self._timers is not None
+            if self._timers.accept(message) and message.key == RESTART_TIMER:
+                self._restart_pending = False
+                self._start_children()
+        else:
+            super().on_receive(message)
+
+    def _child_failed(self, failure: ChildFailed) -> None:
+        if self._restart_pending:
+            return  # the other child's failure already scheduled the restart
+        metrics.RESTARTS.labels(actor=failure.child_id).inc()
+        self._board.count_restart(failure.child_id)
+        now_s = monotonic_s()
+        if not self._intensity.allow(now_s):
+            max_restarts, period_s = self._options.intensity
+            reason = (
+                f"{failure.child_id} crashed more than {max_restarts} times in {period_s:.0f} s"
+                f" (last: {failure.error}); giving up"
+            )
+            logger.critical("%s", reason)
+            self._stop_children()
+            self._on_fatal(reason)
+            return
+        if now_s - self._last_start_s >= self._options.backoff.reset_after_s:
+            self._consecutive_failures = 0
+        delay_s = self._options.backoff.delay_s(self._consecutive_failures)
+        self._consecutive_failures += 1
+        logger.error(
+            "%s crashed: %s; restarting in %.2f s", failure.child_id, failure.error, delay_s
+        )
+        self._stop_children()  # one_for_all
+        self._restart_pending = True
+        assert self._timers is not None
+        self._timers.start_single(RESTART_TIMER, delay_s)
+
+    def on_stop(self) -> None:
+        if self._timers is not None:
+            self._timers.cancel_all()
+        self._stop_children()
+        self._scheduler.stop()
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        self._stop_children()
+        self._scheduler.stop()
+        self._on_fatal("the runtime's root actor crashed")

@@ -1,0 +1,377 @@
+"""SyncActor: keeps the running AgentActors equal to the backend's agent list.
+
+One sync at start, then every AGENT_SYNC_INTERVAL and whenever the backend's change
+signal moves (polled every CHANGE_POLL_INTERVAL_S); requests are coalesced and syncs
+never overlap (they run in this actor's thread). The SyncActor supervises its agents:
+a crashed AgentActor is restarted with backoff, forever.
+"""
+
+import contextlib
+import logging
+import random
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.agent import AgentActor
+from actors.heartbeat_writer import HeartbeatWriter
+from actors.scheduler import Scheduler, Timers
+from actors.supervision import DEFAULT_BACKOFF, Backoff, SupervisedActor
+from agent_runtime import metrics
+from agent_runtime.clock import monotonic_s, now_ms
+from agent_runtime.errors import BackendError
+from agent_runtime.status import StatusBoard
+from backend import Backend
+from messages import (
+    AgentRecord,
+    AgentsStopped,
+    ChildFailed,
+    GetRunningAgents,
+    RequestSync,
+    RunningAgent,
+    RunSync,
+    SyncStatus,
+    TimerFired,
+    UpdateAgent,
+    parse_agent_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+CHANGE_POLL_INTERVAL_S = 0.25
+"""How often the cheap change signal is read; an agent change is seen within this."""
+
+ADDED_AGENT_MAX_JITTER_S = 2.0
+"""An agent added after start-up beats first after 0 to this many seconds."""
+
+STARTUP_STAGGER_FRACTION = 0.4
+STARTUP_STAGGER_MAX_S = 120.0
+"""At start-up, first beats spread over min(0.4 x interval, 120 s), so N agents do not
+all beat in the same instant."""
+
+STOP_TIMEOUT_S = 3.0
+"""How long removing agents waits for their actors to stop."""
+
+SYNC_TIMER = "sync"
+CHANGE_POLL_TIMER = "change-poll"
+RESTART_TIMER_PREFIX = "restart:"
+STATUS_NAME = "agentSync"
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What a sync must do to make the running agents match the listed ones."""
+
+    added: tuple[AgentRecord, ...]
+    removed: tuple[str, ...]
+    updated: tuple[AgentRecord, ...]
+
+    @property
+    def changed(self) -> bool:
+        """True when the sync has anything to apply."""
+        return bool(self.added or self.removed or self.updated)
+
+
+def plan_sync(
+    running: Mapping[str, AgentRecord],
+    listed: Sequence[AgentRecord],
+    keep: Set[str] = frozenset(),
+) -> SyncPlan:
+    """Diff the running agents against the backend's list.
+
+    Presence fields (status, lastHeartbeatAt) never count as a change. Ids in `keep`
+    (listed, but rejected as invalid this time) are neither removed nor updated: the
+    agent keeps running on its last valid record.
+    """
+    listed_by_id = {record.id: record for record in listed}
+    added = tuple(r for agent_id, r in listed_by_id.items() if agent_id not in running)
+    removed = tuple(
+        agent_id for agent_id in running if agent_id not in listed_by_id and agent_id not in keep
+    )
+    updated = tuple(
+        r
+        for agent_id, r in listed_by_id.items()
+        if agent_id in running and not running[agent_id].same_config(r)
+    )
+    return SyncPlan(added=added, removed=removed, updated=updated)
+
+
+class _Agent:
+    """The SyncActor's private bookkeeping for one agent (its thread only)."""
+
+    __slots__ = ("attempt", "record", "ref", "restarts", "started_s", "view")
+
+    def __init__(self, record: AgentRecord) -> None:
+        self.record = record
+        self.ref: pykka.ActorRef[Any] | None = None
+        self.restarts = 0
+        self.attempt = 0
+        self.started_s = 0.0
+        self.view = RunningAgent(record=record, restarts=0)
+
+    def refresh_view(self) -> None:
+        self.view = RunningAgent(record=self.record, restarts=self.restarts)
+
+
+class SyncActor(SupervisedActor):
+    """Lists agents, diffs, and starts, updates and stops AgentActors to match."""
+
+    def __init__(
+        self,
+        *,
+        supervisor: pykka.ActorRef[Any] | None,
+        backend: Backend,
+        scheduler: Scheduler,
+        heartbeat_writer: pykka.ActorRef[HeartbeatWriter],
+        status_board: StatusBoard,
+        sync_interval_s: float,
+        backoff: Backoff = DEFAULT_BACKOFF,
+    ) -> None:
+        super().__init__(supervisor, child_id="sync")
+        self._backend = backend
+        self._scheduler = scheduler
+        self._writer = heartbeat_writer
+        self._board = status_board
+        self._sync_interval_s = sync_interval_s
+        self._backoff = backoff
+        self._timers: Timers | None = None
+        self._agents: dict[str, _Agent] = {}
+        self._rejections: dict[str, str] = {}
+        self._sync_queued = False
+        self._first_sync_done = False
+        self._seen_version: str | None = None
+        self._last_sync_at: int | None = None
+        self._last_error: str | None = None
+        self._counts = {"added": 0, "removed": 0, "updated": 0}
+
+    @property
+    def timers(self) -> Timers:
+        """The actor's timers (exist once the actor has started)."""
+        assert self._timers is not None
+        return self._timers
+
+    def started(self) -> None:
+        self._timers = Timers(self._scheduler, self.actor_ref)
+        self.timers.start_periodic(SYNC_TIMER, self._sync_interval_s)
+        self.timers.start_periodic(CHANGE_POLL_TIMER, CHANGE_POLL_INTERVAL_S)
+        self._request("start")
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, TimerFired):
+            if self.timers.accept(message):
+                self._on_timer(message.key)
+        elif isinstance(message, RequestSync):
+            self._request(message.reason)
+        elif isinstance(message, RunSync):
+            self._sync_queued = False
+            self._sync()
+        elif isinstance(message, ChildFailed):
+            self._agent_failed(message)
+        elif isinstance(message, GetRunningAgents):
+            return tuple(a.record.id for a in self._agents.values() if a.ref is not None)
+        else:
+            super().on_receive(message)
+        return None
+
+    def _on_timer(self, key: str) -> None:
+        if key == SYNC_TIMER:
+            self._request("interval")
+        elif key == CHANGE_POLL_TIMER:
+            self._poll_change_signal()
+        elif key.startswith(RESTART_TIMER_PREFIX):
+            self._restart(key.removeprefix(RESTART_TIMER_PREFIX))
+
+    def _request(self, reason: str) -> None:
+        if self._sync_queued:
+            return  # one queued sync will see this change too
+        self._sync_queued = True
+        logger.debug("sync requested: %s", reason)
+        self.actor_ref.tell(RunSync())
+
+    def _poll_change_signal(self) -> None:
+        try:
+            version = self._backend.agents_version()
+        except BackendError as error:
+            logger.debug("change signal unavailable: %s", error)
+            return
+        if version != self._seen_version:
+            self._request("change")
+
+    # --- the sync itself ----------------------------------------------------------
+
+    def _sync(self) -> None:
+        started_s = monotonic_s()
+        try:
+            version = self._backend.agents_version()
+            rows = self._backend.list_agents()
+        except BackendError as error:
+            metrics.SYNC_FAILURES.inc()
+            self._last_error = str(error)
+            logger.error("agent sync failed, next attempt as scheduled: %s", error)
+            self._publish()
+            return
+        listed = parse_agent_rows(rows)
+        self._log_rejections(listed.rejected)
+        running = {agent_id: agent.record for agent_id, agent in self._agents.items()}
+        keep = {r.agent_id for r in listed.rejected if r.agent_id is not None}
+        plan = plan_sync(running, listed.agents, keep)
+        self._apply(plan)
+        self._seen_version = version
+        self._first_sync_done = True
+        self._last_sync_at = now_ms()
+        self._last_error = None
+        duration_s = monotonic_s() - started_s
+        metrics.SYNC_DURATION.observe(duration_s)
+        if plan.changed:
+            logger.info(
+                "agent sync: %d added, %d removed, %d updated (%d running, %.0f ms)",
+                len(plan.added),
+                len(plan.removed),
+                len(plan.updated),
+                len(self._agents),
+                duration_s * 1000,
+            )
+        self._publish()
+
+    def _apply(self, plan: SyncPlan) -> None:
+        self._stop_agents(plan.removed)
+        for agent_id in plan.removed:
+            self.timers.cancel(RESTART_TIMER_PREFIX + agent_id)
+            del self._agents[agent_id]
+        for record in plan.updated:
+            agent = self._agents[record.id]
+            agent.record = record
+            agent.refresh_view()
+            if agent.ref is not None:  # a crashed agent restarts on the new record
+                # If it crashed just now, its ChildFailed is on the way.
+                with contextlib.suppress(pykka.ActorDeadError):
+                    agent.ref.tell(UpdateAgent(record=record))
+        sync_started_s = monotonic_s()
+        for record in plan.added:
+            agent = _Agent(record)
+            self._agents[record.id] = agent
+            self._spawn(agent, self._first_delay_s(record) - (monotonic_s() - sync_started_s))
+        self._counts["added"] += len(plan.added)
+        self._counts["removed"] += len(plan.removed)
+        self._counts["updated"] += len(plan.updated)
+        metrics.AGENTS_RUNNING.set(len(self._agents))
+
+    def _first_delay_s(self, record: AgentRecord) -> float:
+        if self._first_sync_done:
+            return random.uniform(0, ADDED_AGENT_MAX_JITTER_S)
+        stagger_s = min(
+            STARTUP_STAGGER_FRACTION * record.heartbeat_interval_ms / 1000, STARTUP_STAGGER_MAX_S
+        )
+        return random.uniform(0, stagger_s)
+
+    def _spawn(self, agent: _Agent, first_heartbeat_delay_s: float) -> None:
+        agent.started_s = monotonic_s()
+        agent.ref = AgentActor.start(
+            agent.record,
+            supervisor=self.actor_ref,
+            scheduler=self._scheduler,
+            heartbeat_writer=self._writer,
+            first_heartbeat_delay_s=max(0.0, first_heartbeat_delay_s),
+        )
+
+    def _stop_agents(self, agent_ids: Sequence[str]) -> None:
+        refs = [ref for ref in (self._agents[a].ref for a in agent_ids if a in self._agents) if ref]
+        if not refs:
+            if agent_ids:
+                self._tell_writer(AgentsStopped(agent_ids=tuple(agent_ids)))
+            return
+        futures = [ref.stop(block=False) for ref in refs]
+        try:
+            pykka.get_all(futures, timeout=STOP_TIMEOUT_S)
+        except pykka.Timeout:
+            logger.warning(
+                "some of %d agent(s) did not stop within %.0f s", len(refs), STOP_TIMEOUT_S
+            )
+        for agent_id in agent_ids:
+            if agent_id in self._agents:
+                self._agents[agent_id].ref = None
+        self._tell_writer(AgentsStopped(agent_ids=tuple(agent_ids)))
+
+    def _tell_writer(self, message: AgentsStopped) -> None:
+        try:
+            self._writer.tell(message)
+        except pykka.ActorDeadError:
+            logger.warning(
+                "heartbeat writer is gone; %d agent(s) not marked offline", len(message.agent_ids)
+            )
+
+    def _log_rejections(self, rejected: Sequence[Any]) -> None:
+        current = {r.label: r.problem for r in rejected}
+        for label, problem in current.items():
+            if self._rejections.get(label) != problem:
+                logger.warning("skipping invalid agent %s: %s", label, problem)
+        self._rejections = current
+
+    # --- supervision of agents ------------------------------------------------------
+
+    def _agent_failed(self, failure: ChildFailed) -> None:
+        agent = self._agents.get(failure.child_id)
+        if agent is None or agent.ref is None:
+            return  # removed meanwhile, or already handled
+        agent.ref = None
+        now_s = monotonic_s()
+        if now_s - agent.started_s >= self._backoff.reset_after_s:
+            agent.attempt = 0
+        delay_s = self._backoff.delay_s(agent.attempt)
+        agent.attempt += 1
+        logger.warning(
+            "agent %s (%s) crashed: %s; restart #%d in %.2f s",
+            agent.record.id,
+            agent.record.name,
+            failure.error,
+            agent.restarts + 1,
+            delay_s,
+        )
+        self.timers.start_single(RESTART_TIMER_PREFIX + agent.record.id, delay_s)
+
+    def _restart(self, agent_id: str) -> None:
+        agent = self._agents.get(agent_id)
+        if agent is None or agent.ref is not None:
+            return
+        agent.restarts += 1
+        agent.refresh_view()
+        metrics.RESTARTS.labels(actor="agent").inc()
+        self._board.count_restart("agent")
+        self._spawn(agent, first_heartbeat_delay_s=0.0)
+        self._publish()
+
+    # --- status and shutdown -----------------------------------------------------------
+
+    def _publish(self) -> None:
+        self._board.publish(
+            STATUS_NAME,
+            SyncStatus(
+                running=True,
+                last_sync_at=self._last_sync_at,
+                last_error=self._last_error,
+                added_count=self._counts["added"],
+                removed_count=self._counts["removed"],
+                updated_count=self._counts["updated"],
+                agents=tuple(agent.view for agent in self._agents.values()),
+            ),
+        )
+
+    def cleanup(self, crashed: bool) -> None:
+        if self._timers is not None:
+            self._timers.cancel_all()
+        agent_ids = list(self._agents)
+        if crashed:
+            # The restarted SyncActor brings them back at once: do not flap them offline.
+            for ref in [a.ref for a in self._agents.values() if a.ref is not None]:
+                ref.stop(block=False)
+        else:
+            self._stop_agents(agent_ids)
+        self._agents.clear()
+        metrics.AGENTS_RUNNING.set(0)
+        status = self._board.get(STATUS_NAME)
+        if isinstance(status, SyncStatus):
+            self._board.publish(
+                STATUS_NAME, status.model_copy(update={"running": False, "agents": ()})
+            )

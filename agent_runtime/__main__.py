@@ -1,0 +1,7 @@
+"""`python -m agent_runtime` is the `agent-runtime` command."""
+
+import sys
+
+from agent_runtime.cli import main
+
+sys.exit(main())

@@ -1,0 +1,150 @@
+"""The `agent-runtime` command: `run` the worker, or administer `agents`.
+
+Exit status: 0 ok; 1 runtime failure (backend unreachable, agent not found, fatal
+crash); 2 bad arguments or configuration, with one line on stderr saying which value is
+wrong and what is expected.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from agent_runtime import __version__
+from agent_runtime.config import ROLES, load_settings
+from agent_runtime.errors import BackendError, ConfigError, InvalidAgent
+from backend import Backend, open_backend
+from messages import AgentRecord, parse_agent_rows
+from messages.agent import MAX_HEARTBEAT_INTERVAL_MS
+
+DEFAULT_HEARTBEAT_INTERVAL_MS = 30_000
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def interval_ms(text: str) -> int:
+    """argparse type: a heartbeat interval in whole milliseconds, 1 to 24 h."""
+    if not text.strip().isdigit() or not 0 < int(text) <= MAX_HEARTBEAT_INTERVAL_MS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a heartbeat interval: expected whole milliseconds from 1 to"
+            f" {MAX_HEARTBEAT_INTERVAL_MS} (24 h)"
+        )
+    return int(text)
+
+
+def non_empty(text: str) -> str:
+    """argparse type: a non-empty string."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty value")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command line, with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="agent-runtime", description="Keep an AI-agent fleet online."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the worker until SIGTERM")
+    run.add_argument("--role", choices=ROLES, help="overrides AGENT_ROLE")
+
+    agents = commands.add_parser("agents", help="list, add, update or remove agents")
+    actions = agents.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="show every agent")
+    listing.add_argument("--json", action="store_true", help="a JSON array of agent records")
+    add = actions.add_parser("add", help="create an agent; prints only its id")
+    add.add_argument("name", type=non_empty)
+    add.add_argument(
+        "--heartbeat-interval",
+        type=interval_ms,
+        default=DEFAULT_HEARTBEAT_INTERVAL_MS,
+        metavar="MS",
+        help=f"default {DEFAULT_HEARTBEAT_INTERVAL_MS}",
+    )
+    add.add_argument("--session-key", type=non_empty, metavar="KEY", help="default agent:ID")
+    update = actions.add_parser("update", help="change an agent's fields")
+    update.add_argument("id", type=non_empty)
+    update.add_argument("--name", type=non_empty)
+    update.add_argument("--heartbeat-interval", type=interval_ms, metavar="MS")
+    update.add_argument("--session-key", type=non_empty, metavar="KEY")
+    remove = actions.add_parser("remove", help="delete an agent")
+    remove.add_argument("id", type=non_empty)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `agent-runtime` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(AGENT_ROLE=getattr(args, "role", None))
+    except ConfigError as error:
+        print(f"agent-runtime: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "run":
+        from agent_runtime.process import run  # noqa: PLC0415 - keep `agents` commands light
+
+        return run(settings)
+    if args.action == "update" and not (args.name or args.heartbeat_interval or args.session_key):
+        parser.error(
+            "agents update: give at least one of --name, --heartbeat-interval, --session-key"
+        )
+
+    try:
+        backend = open_backend(settings)
+        try:
+            return _agents(args, backend)
+        finally:
+            backend.close()
+    except InvalidAgent as error:
+        print(f"agent-runtime: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except BackendError as error:
+        print(f"agent-runtime: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _agents(args: argparse.Namespace, backend: Backend) -> int:
+    if args.action == "list":
+        listed = parse_agent_rows(backend.list_agents())
+        for rejected in listed.rejected:
+            print(
+                f"agent-runtime: skipping invalid agent {rejected.label}: {rejected.problem}",
+                file=sys.stderr,
+            )
+        if args.json:
+            print(json.dumps([a.model_dump(by_alias=True) for a in listed.agents], indent=2))
+        else:
+            _print_table(listed.agents)
+    elif args.action == "add":
+        record = backend.create_agent(args.name, args.heartbeat_interval, args.session_key)
+        print(record.id)
+    elif args.action == "update":
+        backend.update_agent(
+            args.id,
+            name=args.name,
+            heartbeat_interval_ms=args.heartbeat_interval,
+            session_key=args.session_key,
+        )
+    elif args.action == "remove":
+        backend.remove_agent(args.id)
+    return EXIT_OK
+
+
+def _print_table(agents: Sequence[AgentRecord]) -> None:
+    rows = [("ID", "NAME", "STATUS", "INTERVAL_MS", "LAST_HEARTBEAT", "SESSION_KEY")]
+    for a in agents:
+        last = (
+            datetime.fromtimestamp(a.last_heartbeat_at / 1000, tz=UTC).isoformat(timespec="seconds")
+            if a.last_heartbeat_at is not None
+            else "-"
+        )
+        rows.append((a.id, a.name, a.status, str(a.heartbeat_interval_ms), last, a.session_key))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )

@@ -1,0 +1,139 @@
+"""The one config object: every setting comes from the environment (or `.env`).
+
+`load_settings()` turns any invalid value into a `ConfigError` whose one-line message
+names the variable, the value and what is expected; the CLI exits 2 on it.
+"""
+
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from agent_runtime.errors import ConfigError
+
+Role = Literal["core", "whatsapp", "all", "whatsapp-ingress", "whatsapp-egress"]
+ROLES: tuple[Role, ...] = ("core", "whatsapp", "all", "whatsapp-ingress", "whatsapp-egress")
+ROLES_RUNNING_AGENTS: frozenset[Role] = frozenset({"core", "all"})
+
+DEFAULT_AGENT_SYNC_INTERVAL_MS = 60_000
+MIN_AGENT_SYNC_INTERVAL_MS = 1_000
+DEFAULT_LOCAL_DB_PATH = Path(".agent-runtime/local.db")
+DEFAULT_PORT = 8080
+
+
+def default_worker_id() -> str:
+    """host-pid-random: unique per process, readable in logs and /health."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Settings(BaseSettings):
+    """Runtime settings. Environment variable names are the field aliases."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    role: Annotated[Role, Field(alias="AGENT_ROLE", description="one of " + ", ".join(ROLES))] = (
+        "all"
+    )
+    agent_sync_interval_ms: Annotated[
+        int,
+        Field(
+            alias="AGENT_SYNC_INTERVAL",
+            ge=MIN_AGENT_SYNC_INTERVAL_MS,
+            strict=False,
+            description=f"whole milliseconds >= {MIN_AGENT_SYNC_INTERVAL_MS}",
+        ),
+    ] = DEFAULT_AGENT_SYNC_INTERVAL_MS
+    local_db_path: Annotated[
+        Path, Field(alias="LOCAL_DB_PATH", description="a file path for the SQLite database")
+    ] = DEFAULT_LOCAL_DB_PATH
+    host: Annotated[str, Field(alias="HOST", min_length=1, description="an address to bind")] = (
+        "0.0.0.0"  # noqa: S104 - platforms route to the container's public interface
+    )
+    port: Annotated[
+        int, Field(alias="PORT", ge=0, le=65535, description="a TCP port from 0 to 65535")
+    ] = DEFAULT_PORT
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        Field(alias="LOG_LEVEL", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    ] = "INFO"
+    log_format: Annotated[
+        Literal["text", "json"], Field(alias="LOG_FORMAT", description="text or json")
+    ] = "text"
+    app_env: Annotated[
+        Literal["development", "production"],
+        Field(alias="APP_ENV", description="development or production"),
+    ] = "development"
+    worker_id: Annotated[
+        str, Field(alias="WORKER_ID", min_length=1, description="a non-empty name")
+    ] = Field(default_factory=default_worker_id)
+    agent_debug: Annotated[
+        frozenset[str],
+        NoDecode,
+        Field(alias="AGENT_DEBUG", description="comma-separated agent ids"),
+    ] = frozenset()
+
+    @field_validator("agent_sync_interval_ms", "port", mode="before")
+    @classmethod
+    def _integer_text(cls, value: Any) -> Any:
+        # pydantic would accept "1e3" or "60000.0"; an operator's env var should be digits.
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError("not a whole number")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", "app_env", "role", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("agent_debug", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _production_shape(self) -> "Settings":
+        if self.app_env == "production" and self.role == "all":
+            raise ValueError("AGENT_ROLE=all is for local development only")
+        return self
+
+
+def _explain(error: ValidationError) -> str:
+    fields = Settings.model_fields
+    by_alias = {info.alias: info for info in fields.values() if info.alias}
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = item["loc"][0] if item["loc"] else None
+        info = by_alias.get(str(loc)) or fields.get(str(loc))
+        if info is None:  # the model-level check: APP_ENV=production with AGENT_ROLE=all
+            lines.append(
+                f"AGENT_ROLE='all' is refused when APP_ENV='production': expected one of "
+                f"{', '.join(r for r in ROLES if r != 'all')} (run one role per process)"
+            )
+            continue
+        lines.append(f"{info.alias}={item['input']!r} is invalid: expected {info.description}")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment; `overrides` (e.g. from CLI flags) win.
+
+    Raises:
+        ConfigError: one line naming each bad variable, its value and what is expected.
+    """
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        raise ConfigError(_explain(error)) from None

@@ -1,0 +1,134 @@
+"""The HTTP surface: GET /health (JSON) and GET /metrics (Prometheus), served by uvicorn
+in its own thread. Handlers only read the status board; they never wait on an actor."""
+
+import asyncio
+import logging
+import socket
+import threading
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from actors.heartbeat_writer import STATUS_NAME as HEARTBEATS
+from actors.sync import STATUS_NAME as AGENT_SYNC
+from agent_runtime.clock import monotonic_s
+from agent_runtime.config import ROLES_RUNNING_AGENTS, Settings
+from agent_runtime.status import StatusBoard
+from messages import HeartbeatStatus, SyncStatus
+
+logger = logging.getLogger(__name__)
+
+SERVER_STOP_TIMEOUT_S = 2.0
+
+
+def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str, Any]:
+    """The /health document. Times are epoch milliseconds or null; no secrets."""
+    sync = board.get(AGENT_SYNC)
+    beats = board.get(HEARTBEATS)
+    written = beats.last_written_at if isinstance(beats, HeartbeatStatus) else {}
+    runs_agents = settings.role in ROLES_RUNNING_AGENTS
+    if isinstance(sync, SyncStatus):
+        agent_sync = {
+            "running": sync.running,
+            "lastSyncAt": sync.last_sync_at,
+            "lastError": sync.last_error,
+            "addedCount": sync.added_count,
+            "removedCount": sync.removed_count,
+            "updatedCount": sync.updated_count,
+        }
+        agents = [
+            {
+                "id": a.record.id,
+                "name": a.record.name,
+                "sessionKey": a.record.session_key,
+                "heartbeatIntervalMs": a.record.heartbeat_interval_ms,
+                "lastHeartbeatAt": written.get(a.record.id, a.record.last_heartbeat_at),
+                "restarts": a.restarts,
+            }
+            for a in sync.agents
+        ]
+    else:
+        agent_sync = {
+            "running": False,
+            "lastSyncAt": None,
+            "lastError": None,
+            "addedCount": 0,
+            "removedCount": 0,
+            "updatedCount": 0,
+        }
+        agents = []
+    heartbeats = {
+        "lastFlushAt": beats.last_flush_at if isinstance(beats, HeartbeatStatus) else None,
+        "lastError": beats.last_error if isinstance(beats, HeartbeatStatus) else None,
+        "pending": beats.pending if isinstance(beats, HeartbeatStatus) else 0,
+    }
+    degraded = runs_agents and (
+        not agent_sync["running"]
+        or agent_sync["lastError"] is not None
+        or heartbeats["lastError"] is not None
+    )
+    restarts = board.restarts()
+    return {
+        "status": "degraded" if degraded else "ok",
+        "role": settings.role,
+        "workerId": settings.worker_id,
+        "uptimeS": round(monotonic_s() - started_s, 3),
+        "agentSync": agent_sync,
+        "heartbeats": heartbeats,
+        "agents": agents,
+        "supervisor": {"restarts": sum(restarts.values()), "byActor": restarts},
+    }
+
+
+def build_app(settings: Settings, board: StatusBoard, started_s: float) -> Starlette:
+    """The ASGI app: /health and /metrics."""
+
+    async def get_health(_: Request) -> JSONResponse:
+        return JSONResponse(health(settings, board, started_s))
+
+    async def get_metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/health", get_health), Route("/metrics", get_metrics)])
+
+
+class HttpServer:
+    """uvicorn on HOST:PORT in a thread named "HTTP". PORT=0 picks a free port; `port`
+    tells which. `start()` returns once the socket is bound (and raises OSError if it
+    cannot be)."""
+
+    def __init__(self, settings: Settings, board: StatusBoard, started_s: float) -> None:
+        self._socket = socket.create_server(
+            (settings.host, settings.port), family=_family(settings.host), reuse_port=False
+        )
+        self.port: int = self._socket.getsockname()[1]
+        config = uvicorn.Config(
+            build_app(settings, board, started_s),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name="HTTP", daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.run(self._server.serve(sockets=[self._socket]))
+
+    def start(self) -> None:
+        """Serve requests from now on, in the background."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving; waits up to SERVER_STOP_TIMEOUT_S."""
+        self._server.should_exit = True
+        self._thread.join(SERVER_STOP_TIMEOUT_S)
+        self._socket.close()
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -1,0 +1,93 @@
+"""The process: logging, signals, backend, HTTP server and the actor tree, in order,
+and the way back down on SIGTERM/SIGINT or a fatal supervisor escalation."""
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import pykka
+import pykka.debug
+
+from actors.runtime import Runtime, RuntimeOptions
+from agent_runtime import __version__, logs
+from agent_runtime.clock import monotonic_s
+from agent_runtime.config import ROLES_RUNNING_AGENTS, Settings
+from agent_runtime.errors import BackendError
+from agent_runtime.http import HttpServer
+from agent_runtime.status import StatusBoard
+from backend import open_backend
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 4.5
+"""The whole actor tree must be down within this; Railway may SIGKILL at once, Heroku
+after 30 s, and the contract here is exit within 5 s."""
+
+EXIT_FATAL = 1
+
+
+def run(settings: Settings) -> int:
+    """Run the runtime until SIGTERM/SIGINT (exit status 0) or until a core actor keeps
+    crashing (exit status 1). Blocks the calling thread, which must be the main thread."""
+    logs.configure(settings.log_level, settings.log_format, settings.agent_debug)
+    started_s = monotonic_s()
+    stopping = threading.Event()
+    exit_code = 0
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("%s received: shutting down", signal.Signals(signum).name)
+        stopping.set()
+
+    def on_fatal(reason: str) -> None:
+        nonlocal exit_code
+        exit_code = EXIT_FATAL
+        logger.critical("fatal: %s", reason)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
+
+    try:
+        backend = open_backend(settings)
+    except BackendError as error:
+        logger.critical("%s", error)
+        return EXIT_FATAL
+    board = StatusBoard()
+    try:
+        http = HttpServer(settings, board, started_s)
+    except OSError as error:
+        logger.critical("cannot listen on %s:%d: %s", settings.host, settings.port, error)
+        backend.close()
+        return EXIT_FATAL
+    http.start()
+    runtime = Runtime.start(
+        options=RuntimeOptions(
+            runs_agents=settings.role in ROLES_RUNNING_AGENTS,
+            sync_interval_s=settings.agent_sync_interval_ms / 1000,
+        ),
+        backend=backend,
+        status_board=board,
+        on_fatal=on_fatal,
+    )
+    logger.info(
+        "agent-runtime %s started: role=%s worker=%s http=http://%s:%d backend=local:%s",
+        __version__,
+        settings.role,
+        settings.worker_id,
+        settings.host,
+        http.port,
+        settings.local_db_path,
+    )
+    stopping.wait()
+
+    shutdown_started_s = monotonic_s()
+    try:
+        runtime.stop(timeout=SHUTDOWN_TIMEOUT_S)
+    except pykka.Timeout:
+        logger.error("actors did not stop within %.1f s; exiting anyway", SHUTDOWN_TIMEOUT_S)
+    http.stop()
+    backend.close()
+    logger.info("stopped in %.2f s", monotonic_s() - shutdown_started_s)
+    return exit_code

@@ -1,0 +1,84 @@
+"""The backend port: every call the runtime makes to the system that stores its state.
+
+Adapters: `backend.local` (SQLite, embedded) and, later, Convex over HTTP. Semantics are
+the contract; an adapter only maps them onto its storage. Every method may raise
+`BackendError`; callers log it and retry later, and nothing is lost by a failed call.
+"""
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+from messages import AgentRecord, Heartbeat
+
+
+class Backend(abc.ABC):
+    """What the runtime needs from its backend. Safe to call from several threads."""
+
+    # --- agent sync --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def list_agents(self) -> list[dict[str, Any]]:
+        """Every agent, as raw camelCase rows (configuration joined with presence).
+
+        Rows are not validated here: the caller validates each one
+        (`messages.parse_agent_rows`), so one bad row cannot hide the others.
+        """
+
+    @abc.abstractmethod
+    def agents_version(self) -> str:
+        """A cheap change signal: a value that changes whenever an agent is created,
+        updated or removed, and never because of a heartbeat."""
+
+    # --- presence ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
+        """Set each agent online with `lastHeartbeatAt = at_ms`, in one write.
+
+        Beats for agents that no longer exist are ignored; a beat older than the stored
+        one does not move `lastHeartbeatAt` back.
+        """
+
+    @abc.abstractmethod
+    def mark_offline(self, agent_ids: Sequence[str]) -> None:
+        """Set these agents offline, in one write; unknown ids are ignored."""
+
+    # --- administration (the `agents` CLI) -----------------------------------------
+
+    @abc.abstractmethod
+    def create_agent(
+        self, name: str, heartbeat_interval_ms: int, session_key: str | None = None
+    ) -> AgentRecord:
+        """Create an agent (offline until a worker beats for it) and return it.
+
+        Raises:
+            InvalidAgent: the name or interval is not acceptable.
+        """
+
+    @abc.abstractmethod
+    def update_agent(
+        self,
+        agent_id: str,
+        *,
+        name: str | None = None,
+        heartbeat_interval_ms: int | None = None,
+        session_key: str | None = None,
+    ) -> AgentRecord:
+        """Change the given fields (None leaves a field as it is) and return the agent.
+
+        Raises:
+            AgentNotFound: no agent has this id.
+            InvalidAgent: a new value is not acceptable.
+        """
+
+    @abc.abstractmethod
+    def remove_agent(self, agent_id: str) -> None:
+        """Delete the agent and its presence.
+
+        Raises:
+            AgentNotFound: no agent has this id.
+        """
+
+    def close(self) -> None:  # noqa: B027 - adapters without resources need not override
+        """Release connections. The backend must not be used afterwards."""

@@ -1,0 +1,27 @@
+"""The values the actors exchange: frozen pydantic v2 models, one module per subject."""
+
+from messages.agent import AgentList, AgentRecord, AgentRejection, UpdateAgent, parse_agent_rows
+from messages.heartbeat import AgentsStopped, FlushHeartbeats, Heartbeat
+from messages.status import HeartbeatStatus, RunningAgent, SyncStatus
+from messages.supervision import ChildFailed
+from messages.sync import GetRunningAgents, RequestSync, RunSync
+from messages.timers import TimerFired
+
+__all__ = [
+    "AgentList",
+    "AgentRecord",
+    "AgentRejection",
+    "AgentsStopped",
+    "ChildFailed",
+    "FlushHeartbeats",
+    "GetRunningAgents",
+    "Heartbeat",
+    "HeartbeatStatus",
+    "RequestSync",
+    "RunSync",
+    "RunningAgent",
+    "SyncStatus",
+    "TimerFired",
+    "UpdateAgent",
+    "parse_agent_rows",
+]

@@ -1,0 +1,111 @@
+"""The agent record, validated at the backend boundary, and the messages about agents."""
+
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError
+
+from messages._base import Message
+
+MAX_HEARTBEAT_INTERVAL_MS = 24 * 60 * 60 * 1000
+"""An interval over 24 hours is a data error, not a schedule."""
+
+CONFIG_FIELDS = frozenset({"id", "name", "session_key", "heartbeat_interval_ms", "updated_at"})
+"""The fields a sync compares; presence (status, last_heartbeat_at) changes on every beat."""
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON backends (Convex) send numbers as floats; strings and bools are data errors.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+EpochMs = Annotated[int, BeforeValidator(_whole_number), Field(ge=0)]
+HeartbeatIntervalMs = Annotated[
+    int, BeforeValidator(_whole_number), Field(gt=0, le=MAX_HEARTBEAT_INTERVAL_MS)
+]
+
+
+class AgentRecord(Message):
+    """One agent as the backend describes it.
+
+    Configuration (name, session key, interval) is set by the operator; presence
+    (status, last heartbeat) is written by the runtime.
+    """
+
+    id: Annotated[str, Field(min_length=1, strict=True)]
+    name: Annotated[str, Field(min_length=1, strict=True)]
+    session_key: Annotated[str, Field(min_length=1, strict=True)]
+    heartbeat_interval_ms: HeartbeatIntervalMs
+    status: Literal["online", "offline"] = "offline"
+    last_heartbeat_at: EpochMs | None = None
+    updated_at: EpochMs
+
+    def same_config(self, other: "AgentRecord") -> bool:
+        """True when nothing but presence differs between the two records."""
+        return all(getattr(self, f) == getattr(other, f) for f in CONFIG_FIELDS)
+
+
+class AgentRejection(Message):
+    """A backend row that is not a valid agent, and why."""
+
+    label: str
+    """How to name the row in a log line: its id if it has one, else its name or position."""
+    agent_id: str | None
+    problem: str
+
+
+class AgentList(Message):
+    """The result of validating the backend's agent list row by row."""
+
+    agents: tuple[AgentRecord, ...]
+    rejected: tuple[AgentRejection, ...]
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(p) for p in item["loc"]) or "record"
+        if item["type"] == "missing":
+            parts.append(f"{field}: missing")
+        elif item["type"] == "value_error":
+            parts.append(f"{field}: {item['msg'].removeprefix('Value error, ')}")
+        else:
+            parts.append(f"{field}: {item['msg'].lower()} (got {item['input']!r})")
+    return "; ".join(parts)
+
+
+def parse_agent_rows(rows: Iterable[Any]) -> AgentList:
+    """Validate each row on its own; a bad row is rejected, the rest are kept.
+
+    Never raises for bad data: every problem ends up in `rejected`, with a label
+    (the row's id, else its name, else its position) and one line saying what is wrong.
+    """
+    agents: list[AgentRecord] = []
+    rejected: list[AgentRejection] = []
+    for position, row in enumerate(rows):
+        raw_id = row.get("id") if isinstance(row, Mapping) else None
+        agent_id = raw_id if isinstance(raw_id, str) and raw_id else None
+        try:
+            agents.append(AgentRecord.model_validate(row))
+        except ValidationError as error:
+            name = row.get("name") if isinstance(row, Mapping) else None
+            label = agent_id or (f"name={name!r}" if name else f"row #{position}")
+            rejected.append(
+                AgentRejection(
+                    label=label, agent_id=agent_id, problem=describe_validation_error(error)
+                )
+            )
+    return AgentList(agents=tuple(agents), rejected=tuple(rejected))
+
+
+class UpdateAgent(Message):
+    """SyncActor -> AgentActor: the backend now describes this agent differently."""
+
+    record: AgentRecord

@@ -1,0 +1,34 @@
+"""Snapshots the actors publish for /health; the HTTP thread only ever reads them."""
+
+from collections.abc import Mapping
+
+from messages._base import Message
+from messages.agent import AgentRecord
+
+
+class RunningAgent(Message):
+    """One agent this worker runs, with how often its actor was restarted."""
+
+    record: AgentRecord
+    restarts: int
+
+
+class SyncStatus(Message):
+    """The SyncActor's view: last sync, cumulative diff counts and the agents it runs."""
+
+    running: bool
+    last_sync_at: int | None
+    last_error: str | None
+    added_count: int
+    removed_count: int
+    updated_count: int
+    agents: tuple[RunningAgent, ...]
+
+
+class HeartbeatStatus(Message):
+    """The HeartbeatWriter's view: what the backend last accepted for each agent."""
+
+    last_written_at: Mapping[str, int]
+    last_flush_at: int | None
+    last_error: str | None
+    pending: int
