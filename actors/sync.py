@@ -191,20 +191,24 @@ class SyncActor(SupervisedActor):
         self.actor_ref.tell(RunSync())
 
     def _poll_change_signal(self) -> None:
+        version = self._read_change_signal()
+        if version is not None and version != self._seen_version:
+            self._request("change")
+
+    def _read_change_signal(self) -> str | None:
+        # The signal only makes syncs prompt; the timed sync works without it.
         try:
-            version = self._backend.agents_version()
+            return self._backend.agents_version()
         except BackendError as error:
             logger.debug("change signal unavailable: %s", error)
-            return
-        if version != self._seen_version:
-            self._request("change")
+            return None
 
     # --- the sync itself ----------------------------------------------------------
 
     def _sync(self) -> None:
         started_s = monotonic_s()
+        version = self._read_change_signal()  # before listing: a change during the list is seen
         try:
-            version = self._backend.agents_version()
             rows = self._backend.list_agents()
         except BackendError as error:
             metrics.SYNC_FAILURES.inc()

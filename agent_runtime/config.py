@@ -123,7 +123,9 @@ def _explain(error: ValidationError) -> str:
                 f"{', '.join(r for r in ROLES if r != 'all')} (run one role per process)"
             )
             continue
-        lines.append(f"{info.alias}={item['input']!r} is invalid: expected {info.description}")
+        # Show the value as the operator wrote it, not as a validator normalised it.
+        value = os.environ.get(str(info.alias), item["input"])
+        lines.append(f"{info.alias}={value!r} is invalid: expected {info.description}")
     return "; ".join(lines)
 
 

@@ -1,0 +1,82 @@
+"""Shared fixtures: real SQLite in tmp_path, a running Scheduler, condition waits."""
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pykka
+import pytest
+
+from actors.scheduler import Scheduler
+from agent_runtime.clock import monotonic_s
+from agent_runtime.status import StatusBoard
+from backend.local import LocalBackend
+
+T = TypeVar("T")
+
+POLL_S = 0.01
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float = 5.0, what: str = "condition") -> T:
+    """Return the first truthy value of `predicate()`, polling until `timeout_s` passes.
+
+    Raises AssertionError naming `what` if the deadline passes first.
+    """
+    deadline = monotonic_s() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if monotonic_s() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        _pause()
+
+
+def stays_false(predicate: Callable[[], object], window_s: float) -> bool:
+    """True if `predicate()` stays falsy for the whole `window_s` (for "never happens")."""
+    deadline = monotonic_s() + window_s
+    while monotonic_s() < deadline:
+        if predicate():
+            return False
+        _pause()
+    return not predicate()
+
+
+_NEVER_SET = threading.Event()
+
+
+def _pause() -> None:
+    # The poll interval of a deadline-bounded wait; the condition decides, not the pause.
+    _NEVER_SET.wait(POLL_S)
+
+
+@pytest.fixture(autouse=True)
+def _stop_actors() -> Iterator[None]:
+    yield
+    pykka.ActorRegistry.stop_all(timeout=5)
+
+
+@pytest.fixture
+def scheduler() -> Iterator[Scheduler]:
+    s = Scheduler()
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def board() -> StatusBoard:
+    return StatusBoard()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "local.db"
+
+
+@pytest.fixture
+def local_backend(db_path: Path) -> Iterator[LocalBackend]:
+    b = LocalBackend(db_path)
+    yield b
+    b.close()

@@ -1,0 +1,117 @@
+"""The `agent-runtime` command line, as a subprocess, on a real SQLite file."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.runtime_process import base_env, cli
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return base_env(tmp_path / "local.db")
+
+
+def test_console_script_prints_its_version(env: dict[str, str]) -> None:
+    script = Path(sys.executable).parent / "agent-runtime"
+    result = subprocess.run(
+        [script, "--version"], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("agent-runtime 0.")
+
+
+def test_add_update_list_remove_round_trip(env: dict[str, str]) -> None:
+    added = cli(
+        env, "agents", "add", "scout", "--heartbeat-interval", "5000", "--session-key", "k1"
+    )
+    assert added.returncode == 0, added.stderr
+    agent_id = added.stdout.strip()
+    assert cli(env, "agents", "update", agent_id, "--name", "ranger").returncode == 0
+    (record,) = json.loads(cli(env, "agents", "list", "--json").stdout)
+    assert set(record) == {
+        "id",
+        "name",
+        "sessionKey",
+        "heartbeatIntervalMs",
+        "status",
+        "lastHeartbeatAt",
+        "updatedAt",
+    }
+    assert (record["id"], record["name"], record["sessionKey"]) == (agent_id, "ranger", "k1")
+    assert (record["heartbeatIntervalMs"], record["status"]) == (5000, "offline")
+    table = cli(env, "agents", "list").stdout.splitlines()
+    assert table[0].split() == [
+        "ID",
+        "NAME",
+        "STATUS",
+        "INTERVAL_MS",
+        "LAST_HEARTBEAT",
+        "SESSION_KEY",
+    ]
+    assert table[1].split() == [agent_id, "ranger", "offline", "5000", "-", "k1"]
+    assert cli(env, "agents", "remove", agent_id).returncode == 0
+    assert json.loads(cli(env, "agents", "list", "--json").stdout) == []
+
+
+def test_default_interval_and_session_key(env: dict[str, str]) -> None:
+    agent_id = cli(env, "agents", "add", "plain").stdout.strip()
+    (record,) = json.loads(cli(env, "agents", "list", "--json").stdout)
+    assert record["heartbeatIntervalMs"] == 30000
+    assert record["sessionKey"] == f"agent:{agent_id}"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["agents", "add", "x", "--heartbeat-interval", "0"], "'0' is not a heartbeat interval"),
+        (["agents", "add", "x", "--heartbeat-interval", "soon"], "'soon' is not a heartbeat"),
+        (["agents", "add", "x", "--heartbeat-interval", "86400001"], "from 1 to 86400000"),
+        (["agents", "add", ""], "expected a non-empty value"),
+        (["agents", "update", "someid"], "give at least one of"),
+        (["agents", "frobnicate"], "invalid choice: 'frobnicate'"),
+        (["run", "--role", "chef"], "invalid choice: 'chef'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_clear_message(
+    env: dict[str, str], args: list[str], expected: str
+) -> None:
+    result = cli(env, *args)
+    assert result.returncode == 2
+    assert expected in result.stderr
+
+
+@pytest.mark.parametrize("action", [["update", "nope", "--name", "x"], ["remove", "nope"]])
+def test_unknown_agent_id_exits_1_naming_it(env: dict[str, str], action: list[str]) -> None:
+    result = cli(env, "agents", *action)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "agent-runtime: no agent with id 'nope'; `agent-runtime agents list` shows the ids"
+    )
+
+
+def test_unusable_database_path_exits_1_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = cli(base_env(blocker / "local.db"), "agents", "list")
+    assert result.returncode == 1
+    assert "cannot open the local database" in result.stderr
+    assert str(blocker / "local.db") in result.stderr
+
+
+def test_invalid_rows_are_reported_on_stderr_and_the_rest_listed(env: dict[str, str]) -> None:
+    good = cli(env, "agents", "add", "good").stdout.strip()
+    db = sqlite3.connect(env["LOCAL_DB_PATH"])
+    db.execute("INSERT INTO agents VALUES ('bad', 'broken', 'k', 'soon', 0, 0)")
+    db.commit()
+    db.close()
+    result = cli(env, "agents", "list", "--json")
+    assert result.returncode == 0
+    assert [a["id"] for a in json.loads(result.stdout)] == [good]
+    assert (
+        "skipping invalid agent bad: heartbeatIntervalMs: expected a whole number" in result.stderr
+    )

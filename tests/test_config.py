@@ -1,0 +1,105 @@
+"""Settings from the environment: defaults, one-line errors, the production guard."""
+
+import pytest
+
+from agent_runtime.config import Settings, load_settings
+from agent_runtime.errors import ConfigError
+
+VARIABLES = (
+    "AGENT_ROLE",
+    "AGENT_SYNC_INTERVAL",
+    "LOCAL_DB_PATH",
+    "HOST",
+    "PORT",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "APP_ENV",
+    "WORKER_ID",
+    "AGENT_DEBUG",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert (s.role, s.agent_sync_interval_ms, s.port, s.log_level, s.log_format, s.app_env) == (
+        "all",
+        60000,
+        8080,
+        "INFO",
+        "text",
+        "development",
+    )
+    assert str(s.local_db_path) == ".agent-runtime/local.db"
+    assert s.agent_debug == frozenset()
+    host, pid, suffix = s.worker_id.rsplit("-", 2)
+    assert host
+    assert pid.isdigit()
+    assert len(suffix) == 6
+
+
+def test_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_ROLE", "CORE")
+    monkeypatch.setenv("AGENT_SYNC_INTERVAL", "1000")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("AGENT_DEBUG", "a1, b2,,")
+    monkeypatch.setenv("WORKER_ID", "w1")
+    s = load_settings()
+    assert (s.role, s.agent_sync_interval_ms, s.log_level, s.worker_id) == (
+        "core",
+        1000,
+        "DEBUG",
+        "w1",
+    )
+    assert s.agent_debug == frozenset({"a1", "b2"})
+
+
+def test_cli_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_ROLE", "whatsapp")
+    assert load_settings(AGENT_ROLE="core").role == "core"
+    assert load_settings(AGENT_ROLE=None).role == "whatsapp"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "AGENT_SYNC_INTERVAL",
+            "abc",
+            "AGENT_SYNC_INTERVAL='abc' is invalid: expected whole milliseconds >= 1000",
+        ),
+        ("AGENT_SYNC_INTERVAL", "60000.5", "AGENT_SYNC_INTERVAL='60000.5' is invalid"),
+        ("AGENT_SYNC_INTERVAL", "0", "AGENT_SYNC_INTERVAL='0' is invalid"),
+        ("PORT", "70000", "PORT='70000' is invalid: expected a TCP port from 0 to 65535"),
+        ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is invalid"),
+        ("APP_ENV", "staging", "APP_ENV='staging' is invalid: expected development or production"),
+        ("WORKER_ID", "", "WORKER_ID='' is invalid: expected a non-empty name"),
+    ],
+)
+def test_bad_value_is_one_line_naming_variable_value_and_expectation(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert str(raised.value) == message or str(raised.value).startswith(message)
+    assert "\n" not in str(raised.value)
+
+
+def test_production_refuses_role_all_but_accepts_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_ENV", "production")
+    with pytest.raises(ConfigError, match="AGENT_ROLE='all' is refused"):
+        load_settings()
+    assert load_settings(AGENT_ROLE="core").app_env == "production"
+
+
+def test_dotenv_file_is_read(tmp_path: object) -> None:
+    with open(".env", "w") as f:
+        f.write("AGENT_SYNC_INTERVAL=5000\n")
+    assert Settings().agent_sync_interval_ms == 5000

@@ -1,0 +1,129 @@
+"""The HeartbeatWriter batches heartbeats, keeps them on failure, and marks agents offline."""
+
+import itertools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pykka
+import pytest
+from pytest_mock import MockerFixture
+
+from actors.heartbeat_writer import FLUSH_INTERVAL_S, MIN_FLUSH_SPACING_S, HeartbeatWriter
+from actors.scheduler import Scheduler
+from agent_runtime.clock import monotonic_s
+from agent_runtime.errors import BackendError
+from agent_runtime.status import StatusBoard
+from backend import Backend
+from messages import AgentsStopped, FlushHeartbeats, Heartbeat, HeartbeatStatus
+from tests.conftest import wait_for
+
+
+class Recorded:
+    def __init__(self, mocker: MockerFixture) -> None:
+        self.lock = threading.Lock()
+        self.writes: list[tuple[float, dict[str, int]]] = []
+        self.calls: list[str] = []
+        self.backend = mocker.create_autospec(Backend, instance=True)
+        self.backend.record_heartbeats.side_effect = self._record
+        self.backend.mark_offline.side_effect = self._offline
+
+    def _record(self, beats: Any) -> None:
+        with self.lock:
+            self.writes.append((monotonic_s(), {b.agent_id: b.at_ms for b in beats}))
+            self.calls.append("record")
+
+    def _offline(self, ids: Any) -> None:
+        with self.lock:
+            self.calls.append("offline:" + ",".join(ids))
+
+    def written(self) -> list[dict[str, int]]:
+        with self.lock:
+            return [w for _, w in self.writes]
+
+
+@pytest.fixture
+def recorded(mocker: MockerFixture) -> Recorded:
+    return Recorded(mocker)
+
+
+@pytest.fixture
+def writer(
+    recorded: Recorded, scheduler: Scheduler, board: StatusBoard
+) -> Iterator[pykka.ActorRef[HeartbeatWriter]]:
+    ref = HeartbeatWriter.start(
+        supervisor=None, backend=recorded.backend, scheduler=scheduler, status_board=board
+    )
+    yield ref
+    ref.stop()
+
+
+def test_first_beat_is_written_at_once_later_ones_batched(
+    writer: Any, recorded: Recorded, board: StatusBoard
+) -> None:
+    started = monotonic_s()
+    writer.tell(Heartbeat(agent_id="a", at_ms=1))
+    wait_for(recorded.written, what="the first write")
+    assert recorded.writes[0][0] - started < MIN_FLUSH_SPACING_S
+    for at_ms in range(2, 50):  # many beats from a and b, coalesced to the latest each
+        writer.tell(Heartbeat(agent_id="a", at_ms=at_ms))
+        writer.tell(Heartbeat(agent_id="b", at_ms=at_ms))
+    wait_for(lambda: len(recorded.written()) >= 2, what="the batched write")
+    assert recorded.written()[1] == {"a": 49, "b": 49}
+    assert recorded.writes[1][0] - recorded.writes[0][0] >= MIN_FLUSH_SPACING_S
+    status = board.get("heartbeats")
+    assert isinstance(status, HeartbeatStatus)
+    assert status.last_written_at == {"a": 49, "b": 49}
+
+
+def test_writes_are_spaced_and_a_beat_waits_at_most_the_flush_interval(
+    writer: Any, recorded: Recorded
+) -> None:
+    writer.tell(Heartbeat(agent_id="a", at_ms=0))
+    wait_for(recorded.written, what="first write")
+    deadline = monotonic_s() + 2.5
+    at_ms = 1
+    while monotonic_s() < deadline:  # a steady stream of beats from one known agent
+        writer.ask(Heartbeat(agent_id="a", at_ms=at_ms))
+        at_ms += 1
+    wait_for(lambda: recorded.written()[-1]["a"] == at_ms - 1, what="the last beat written")
+    times = [t for t, _ in recorded.writes]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= MIN_FLUSH_SPACING_S - 0.01
+    assert max(gaps) <= FLUSH_INTERVAL_S + 0.15
+
+
+def test_failed_write_keeps_the_beats_and_retries(
+    writer: Any, recorded: Recorded, board: StatusBoard
+) -> None:
+    recorded.backend.record_heartbeats.side_effect = [BackendError("backend down"), None]
+    writer.tell(Heartbeat(agent_id="a", at_ms=7))
+    wait_for(lambda: recorded.backend.record_heartbeats.call_count == 1, what="failed write")
+    status = board.get("heartbeats")
+    assert isinstance(status, HeartbeatStatus)
+    assert status.last_error is not None
+    assert "backend down" in status.last_error
+    wait_for(lambda: recorded.backend.record_heartbeats.call_count == 2, what="the retry")
+    (beats,) = recorded.backend.record_heartbeats.call_args.args
+    assert [(b.agent_id, b.at_ms) for b in beats] == [("a", 7)]
+    wait_for(
+        lambda: board.get("heartbeats").last_error is None,  # type: ignore[union-attr]
+        what="error cleared",
+    )
+
+
+def test_agents_stopped_flushes_then_marks_offline(writer: Any, recorded: Recorded) -> None:
+    writer.tell(Heartbeat(agent_id="a", at_ms=1))
+    wait_for(recorded.written, what="first write")
+    writer.tell(Heartbeat(agent_id="a", at_ms=2))
+    writer.ask(AgentsStopped(agent_ids=("a",)))
+    assert recorded.calls == ["record", "record", "offline:a"]
+    assert recorded.written()[-1] == {"a": 2}
+
+
+def test_stop_flushes_what_is_pending(writer: Any, recorded: Recorded) -> None:
+    writer.tell(Heartbeat(agent_id="a", at_ms=1))
+    writer.ask(FlushHeartbeats())
+    writer.tell(Heartbeat(agent_id="a", at_ms=2))
+    writer.stop()
+    assert recorded.written()[-1] == {"a": 2}
