@@ -6,8 +6,9 @@ from typing import Any
 
 import pykka
 
+from actors.dispatcher import Dispatcher, PooledActor
 from actors.scheduler import Scheduler, Timers
-from actors.supervision import SupervisedActor
+from actors.supervision import Supervised
 from agent_runtime import logs, metrics
 from agent_runtime.clock import monotonic_s, now_ms
 from messages import AgentRecord, Heartbeat, TimerFired, UpdateAgent
@@ -35,8 +36,11 @@ def thread_name(record: AgentRecord) -> str:
     return f"agent-{record.name}-{record.id[:8]}"
 
 
-class AgentActor(SupervisedActor):
+class AgentActor(Supervised, PooledActor):
     """Keeps one agent online: beats every `heartbeatIntervalMs` to the HeartbeatWriter.
+
+    Runs on the agents' Dispatcher (thousands of agents, a few threads); while a thread
+    runs it, the thread is named after the agent.
 
     Its supervisor (the SyncActor) starts it with the delay of its first heartbeat,
     sends `UpdateAgent` when the backend's record changes, and stops it when the agent
@@ -48,11 +52,12 @@ class AgentActor(SupervisedActor):
         record: AgentRecord,
         *,
         supervisor: pykka.ActorRef[Any],
+        dispatcher: Dispatcher,
         scheduler: Scheduler,
         heartbeat_writer: pykka.ActorRef[Any],
         first_heartbeat_delay_s: float,
     ) -> None:
-        super().__init__(supervisor, child_id=record.id)
+        super().__init__(supervisor=supervisor, child_id=record.id, dispatcher=dispatcher)
         self.record = record
         self._scheduler = scheduler
         self._heartbeat_writer = heartbeat_writer
@@ -67,8 +72,14 @@ class AgentActor(SupervisedActor):
         assert self._timers is not None
         return self._timers
 
+    def enter(self) -> None:
+        threading.current_thread().name = thread_name(self.record)
+        logs.bind_agent(self.record.id, self.record.name, self.record.session_key)
+
+    def leave(self) -> None:
+        logs.unbind_agent()
+
     def started(self) -> None:
-        self._identify()
         self._timers = Timers(self._scheduler, self.actor_ref)
         self._session = AgentSession(self.record.session_key)
         self.timers.start_periodic(
@@ -103,7 +114,7 @@ class AgentActor(SupervisedActor):
         if new.session_key != old.session_key and self._session is not None:
             self._session.close()
         if new.name != old.name or new.session_key != old.session_key:
-            self._identify()
+            self.enter()
         if new.session_key != old.session_key:
             self._session = AgentSession(new.session_key)
             logger.info("session replaced: %s -> %s", old.session_key, new.session_key)
@@ -123,10 +134,6 @@ class AgentActor(SupervisedActor):
             )
         logger.debug("record updated")
 
-    def _identify(self) -> None:
-        threading.current_thread().name = thread_name(self.record)
-        logs.bind_agent(self.record.id, self.record.name, self.record.session_key)
-
     def cleanup(self, crashed: bool) -> None:
         if self._timers is not None:
             self._timers.cancel_all()
@@ -134,4 +141,3 @@ class AgentActor(SupervisedActor):
             self._session.close()
             self._session = None
         logger.info("agent %s", "crashed" if crashed else "stopped")
-        logs.unbind_agent()

@@ -48,7 +48,7 @@ class HeartbeatWriter(SupervisedActor):
         scheduler: Scheduler,
         status_board: StatusBoard,
     ) -> None:
-        super().__init__(supervisor, child_id="heartbeat_writer")
+        super().__init__(supervisor=supervisor, child_id="heartbeat_writer")
         self._backend = backend
         self._scheduler = scheduler
         self._board = status_board

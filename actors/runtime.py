@@ -16,6 +16,7 @@ from typing import Any
 
 import pykka
 
+from actors.dispatcher import Dispatcher
 from actors.heartbeat_writer import HeartbeatWriter
 from actors.scheduler import Scheduler, Timers
 from actors.supervision import DEFAULT_BACKOFF, Backoff, RestartIntensity
@@ -30,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 CHILD_STOP_TIMEOUT_S = 4.0
 """Per child; the SyncActor's stop includes stopping every agent."""
+
+AGENT_DISPATCHER_THREADS = 4
+"""Threads shared by every AgentActor; agents only tick and tell, so a few suffice."""
 
 RESTART_TIMER = "restart"
 
@@ -67,6 +71,7 @@ class Runtime(pykka.ThreadingActor):
         self._on_fatal = on_fatal
         self._scheduler = scheduler or Scheduler()
         self._timers: Timers | None = None
+        self._dispatcher: Dispatcher | None = None
         self._intensity = RestartIntensity(*options.intensity)
         self._consecutive_failures = 0
         self._last_start_s = 0.0
@@ -83,11 +88,13 @@ class Runtime(pykka.ThreadingActor):
         threading.current_thread().name = "Runtime"
         self._scheduler.start()
         self._timers = Timers(self._scheduler, self.actor_ref)
+        if self._options.runs_agents:
+            self._dispatcher = Dispatcher("agents", AGENT_DISPATCHER_THREADS)
         self._start_children()
 
     def _start_children(self) -> None:
         self._last_start_s = monotonic_s()
-        if not self._options.runs_agents:
+        if self._dispatcher is None:
             return
         self.writer = HeartbeatWriter.start(
             supervisor=self.actor_ref,
@@ -99,6 +106,7 @@ class Runtime(pykka.ThreadingActor):
             supervisor=self.actor_ref,
             backend=self._backend,
             scheduler=self._scheduler,
+            dispatcher=self._dispatcher,
             heartbeat_writer=self.writer,
             status_board=self._board,
             sync_interval_s=self._options.sync_interval_s,
@@ -159,9 +167,14 @@ class Runtime(pykka.ThreadingActor):
         if self._timers is not None:
             self._timers.cancel_all()
         self._stop_children()
+        self._stop_threads()
+
+    def _stop_threads(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.shutdown()
         self._scheduler.stop()
 
     def on_failure(self, *_exc_info: Any) -> None:
         self._stop_children()
-        self._scheduler.stop()
+        self._stop_threads()
         self._on_fatal("the runtime's root actor crashed")

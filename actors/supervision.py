@@ -75,19 +75,18 @@ class RestartIntensity:
         return len(self._times) <= self.max_restarts
 
 
-class SupervisedActor(pykka.ThreadingActor):
-    """An actor that reports its crashes to its supervisor.
+class Supervised(pykka.Actor):
+    """Mixin for an actor that reports its crashes to its supervisor.
 
     Subclasses put their start-up in `started()` (not `on_start`) and their cleanup in
     `cleanup(crashed)`, which runs on a normal stop, after a crash, and after a failed
-    start. Actor threads are daemons: a stuck actor cannot keep the process alive past
-    the shutdown deadline.
+    start.
     """
 
-    use_daemon_thread = True
-
-    def __init__(self, supervisor: pykka.ActorRef[Any] | None, child_id: str) -> None:
-        super().__init__()
+    def __init__(
+        self, *, supervisor: pykka.ActorRef[Any] | None, child_id: str, **runtime: Any
+    ) -> None:
+        super().__init__(**runtime)
         self.supervisor = supervisor
         self.child_id = child_id
 
@@ -98,7 +97,6 @@ class SupervisedActor(pykka.ThreadingActor):
         """Release what the actor owns; `crashed` tells a crash from a normal stop."""
 
     def on_start(self) -> None:
-        threading.current_thread().name = type(self).__name__
         try:
             self.started()
         except Exception as error:
@@ -129,3 +127,17 @@ class SupervisedActor(pykka.ThreadingActor):
             self.supervisor.tell(ChildFailed(child_id=self.child_id, error=repr(error)))
         except pykka.ActorDeadError:
             logger.warning("%s crashed and its supervisor is gone", self.child_id)
+
+
+class SupervisedActor(Supervised, pykka.ThreadingActor):
+    """A supervised actor with a thread of its own, named after its class.
+
+    Its thread is a daemon: a stuck actor cannot keep the process alive past the
+    shutdown deadline.
+    """
+
+    use_daemon_thread = True
+
+    def on_start(self) -> None:
+        threading.current_thread().name = type(self).__name__
+        super().on_start()

@@ -16,6 +16,7 @@ from typing import Any
 import pykka
 
 from actors.agent import AgentActor
+from actors.dispatcher import Dispatcher
 from actors.heartbeat_writer import HeartbeatWriter
 from actors.scheduler import Scheduler, Timers
 from actors.supervision import DEFAULT_BACKOFF, Backoff, SupervisedActor
@@ -25,7 +26,9 @@ from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
 from backend import Backend
 from messages import (
+    AgentList,
     AgentRecord,
+    AgentRejection,
     AgentsStopped,
     ChildFailed,
     GetRunningAgents,
@@ -35,8 +38,8 @@ from messages import (
     SyncStatus,
     TimerFired,
     UpdateAgent,
-    parse_agent_rows,
 )
+from messages.agent import parse_agent_row
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +96,57 @@ def plan_sync(
     updated = tuple(
         r
         for agent_id, r in listed_by_id.items()
-        if agent_id in running and not running[agent_id].same_config(r)
+        if agent_id in running
+        and running[agent_id] is not r  # the same validated record: unchanged for sure
+        and not running[agent_id].same_config(r)
     )
     return SyncPlan(added=added, removed=removed, updated=updated)
+
+
+_ROW_CONFIG_FIELDS = ("id", "name", "sessionKey", "heartbeatIntervalMs", "updatedAt")
+
+
+def _row_key(row: Any) -> tuple[Any, ...] | None:
+    """A row's raw configuration, hashable, or None if the row cannot be keyed."""
+    if not isinstance(row, Mapping):
+        return None
+    key = tuple(row.get(f) for f in _ROW_CONFIG_FIELDS)
+    # 5000 == 5000.0 == True-ish values hash alike; the type keeps "5000" and True apart.
+    key += (type(row.get("heartbeatIntervalMs")),)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+class RecordCache:
+    """Validated records by raw row configuration, as of the last sync.
+
+    At 10,000 agents, pydantic-validating every row dominates a sync in which nothing
+    changed; a row whose configuration is exactly as last time reuses last time's record.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[tuple[Any, ...], AgentRecord] = {}
+
+    def parse(self, rows: Sequence[Any]) -> AgentList:
+        """As `parse_agent_rows(rows)`, but validating only rows not seen last time."""
+        cached: dict[tuple[Any, ...], AgentRecord] = {}
+        agents: list[AgentRecord] = []
+        rejected: list[AgentRejection] = []
+        for position, row in enumerate(rows):
+            key = _row_key(row)
+            known = self._records.get(key) if key is not None else None
+            result = known if known is not None else parse_agent_row(row, position)
+            if isinstance(result, AgentRejection):
+                rejected.append(result)
+                continue
+            if key is not None:
+                cached[key] = result
+            agents.append(result)
+        self._records = cached
+        return AgentList(agents=tuple(agents), rejected=tuple(rejected))
 
 
 class _Agent:
@@ -124,14 +175,16 @@ class SyncActor(SupervisedActor):
         supervisor: pykka.ActorRef[Any] | None,
         backend: Backend,
         scheduler: Scheduler,
+        dispatcher: Dispatcher,
         heartbeat_writer: pykka.ActorRef[HeartbeatWriter],
         status_board: StatusBoard,
         sync_interval_s: float,
         backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
-        super().__init__(supervisor, child_id="sync")
+        super().__init__(supervisor=supervisor, child_id="sync")
         self._backend = backend
         self._scheduler = scheduler
+        self._dispatcher = dispatcher
         self._writer = heartbeat_writer
         self._board = status_board
         self._sync_interval_s = sync_interval_s
@@ -139,6 +192,7 @@ class SyncActor(SupervisedActor):
         self._timers: Timers | None = None
         self._agents: dict[str, _Agent] = {}
         self._rejections: dict[str, str] = {}
+        self._records = RecordCache()
         self._sync_queued = False
         self._first_sync_done = False
         self._seen_version: str | None = None
@@ -216,7 +270,7 @@ class SyncActor(SupervisedActor):
             logger.error("agent sync failed, next attempt as scheduled: %s", error)
             self._publish()
             return
-        listed = parse_agent_rows(rows)
+        listed = self._records.parse(rows)
         self._log_rejections(listed.rejected)
         running = {agent_id: agent.record for agent_id, agent in self._agents.items()}
         keep = {r.agent_id for r in listed.rejected if r.agent_id is not None}
@@ -275,6 +329,7 @@ class SyncActor(SupervisedActor):
         agent.ref = AgentActor.start(
             agent.record,
             supervisor=self.actor_ref,
+            dispatcher=self._dispatcher,
             scheduler=self._scheduler,
             heartbeat_writer=self._writer,
             first_heartbeat_delay_s=max(0.0, first_heartbeat_delay_s),
@@ -306,7 +361,7 @@ class SyncActor(SupervisedActor):
                 "heartbeat writer is gone; %d agent(s) not marked offline", len(message.agent_ids)
             )
 
-    def _log_rejections(self, rejected: Sequence[Any]) -> None:
+    def _log_rejections(self, rejected: Sequence[AgentRejection]) -> None:
         current = {r.label: r.problem for r in rejected}
         for label, problem in current.items():
             if self._rejections.get(label) != problem:

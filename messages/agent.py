@@ -81,27 +81,34 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_agent_rows(rows: Iterable[Any]) -> AgentList:
-    """Validate each row on its own; a bad row is rejected, the rest are kept.
+def parse_agent_row(row: Any, position: int) -> AgentRecord | AgentRejection:
+    """Validate one backend row (the `position`-th of its list); never raises for bad data.
 
-    Never raises for bad data: every problem ends up in `rejected`, with a label
-    (the row's id, else its name, else its position) and one line saying what is wrong.
+    A rejection is labelled by the row's id, else its name, else its position, and says
+    in one line what is wrong.
     """
+    try:
+        return AgentRecord.model_validate(row)
+    except ValidationError as error:
+        raw_id = row.get("id") if isinstance(row, Mapping) else None
+        agent_id = raw_id if isinstance(raw_id, str) and raw_id else None
+        name = row.get("name") if isinstance(row, Mapping) else None
+        label = agent_id or (f"name={name!r}" if name else f"row #{position}")
+        return AgentRejection(
+            label=label, agent_id=agent_id, problem=describe_validation_error(error)
+        )
+
+
+def parse_agent_rows(rows: Iterable[Any]) -> AgentList:
+    """Validate each row on its own: a bad row is rejected, the rest are kept."""
     agents: list[AgentRecord] = []
     rejected: list[AgentRejection] = []
     for position, row in enumerate(rows):
-        raw_id = row.get("id") if isinstance(row, Mapping) else None
-        agent_id = raw_id if isinstance(raw_id, str) and raw_id else None
-        try:
-            agents.append(AgentRecord.model_validate(row))
-        except ValidationError as error:
-            name = row.get("name") if isinstance(row, Mapping) else None
-            label = agent_id or (f"name={name!r}" if name else f"row #{position}")
-            rejected.append(
-                AgentRejection(
-                    label=label, agent_id=agent_id, problem=describe_validation_error(error)
-                )
-            )
+        result = parse_agent_row(row, position)
+        if isinstance(result, AgentRecord):
+            agents.append(result)
+        else:
+            rejected.append(result)
     return AgentList(agents=tuple(agents), rejected=tuple(rejected))
 
 

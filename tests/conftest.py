@@ -8,6 +8,7 @@ from typing import TypeVar
 import pykka
 import pytest
 
+from actors.dispatcher import Dispatcher
 from actors.scheduler import Scheduler
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
@@ -63,6 +64,14 @@ def scheduler() -> Iterator[Scheduler]:
     s.start()
     yield s
     s.stop()
+
+
+@pytest.fixture
+def dispatcher() -> Iterator[Dispatcher]:
+    d = Dispatcher("test-agents", 2)
+    yield d
+    pykka.ActorRegistry.stop_all(timeout=5)  # pooled actors stop on the pool's threads
+    d.shutdown()
 
 
 @pytest.fixture

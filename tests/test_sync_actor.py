@@ -10,6 +10,7 @@ import pytest
 from pytest_mock import MockerFixture
 
 from actors.agent import AgentActor
+from actors.dispatcher import Dispatcher
 from actors.heartbeat_writer import HeartbeatWriter
 from actors.scheduler import Scheduler
 from actors.supervision import Backoff
@@ -40,7 +41,14 @@ def row(agent_id: str, interval_ms: int = 100, **overrides: Any) -> dict[str, An
 class Fleet:
     """A mocked backend whose agent list the test edits, plus a running SyncActor."""
 
-    def __init__(self, mocker: MockerFixture, scheduler: Scheduler, board: StatusBoard) -> None:
+    def __init__(
+        self,
+        mocker: MockerFixture,
+        scheduler: Scheduler,
+        dispatcher: Dispatcher,
+        board: StatusBoard,
+    ) -> None:
+        self.dispatcher = dispatcher
         self.rows: list[dict[str, Any]] = []
         self.version = 0
         self._lock = threading.Lock()
@@ -78,6 +86,7 @@ class Fleet:
             supervisor=None,
             backend=self.backend,
             scheduler=self.scheduler,
+            dispatcher=self.dispatcher,
             heartbeat_writer=self.writer,
             status_board=self.board,
             sync_interval_s=sync_interval_s,
@@ -111,8 +120,10 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(mocker: MockerFixture, scheduler: Scheduler, board: StatusBoard) -> Iterator[Fleet]:
-    f = Fleet(mocker, scheduler, board)
+def fleet(
+    mocker: MockerFixture, scheduler: Scheduler, dispatcher: Dispatcher, board: StatusBoard
+) -> Iterator[Fleet]:
+    f = Fleet(mocker, scheduler, dispatcher, board)
     yield f
     if f.sync is not None:
         f.sync.stop()

@@ -1,6 +1,6 @@
 """The diff between running agents and the backend's list."""
 
-from actors.sync import plan_sync
+from actors.sync import RecordCache, plan_sync
 from messages import AgentRecord
 
 
@@ -54,3 +54,37 @@ def test_unchanged_list_plans_nothing() -> None:
 def test_rejected_ids_are_kept_running() -> None:
     plan = plan_sync({"a": rec("a"), "b": rec("b")}, [rec("b")], keep={"a"})
     assert plan.removed == ()
+
+
+def raw(agent_id: str, **changes: object) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "id": agent_id,
+        "name": f"agent-{agent_id}",
+        "sessionKey": f"agent:{agent_id}",
+        "heartbeatIntervalMs": 5000,
+        "updatedAt": 1,
+        "status": "offline",
+        "lastHeartbeatAt": None,
+    }
+    fields.update(changes)
+    return fields
+
+
+def test_record_cache_reuses_records_of_unchanged_rows() -> None:
+    cache = RecordCache()
+    first = cache.parse([raw("a"), raw("b")])
+    again = cache.parse([raw("a", status="online", lastHeartbeatAt=5), raw("b", name="new")])
+    assert again.agents[0] is first.agents[0]  # presence does not count
+    assert again.agents[1] is not first.agents[1]
+    assert again.agents[1].name == "new"
+    assert not plan_sync({a.id: a for a in first.agents}, again.agents).added
+
+
+def test_record_cache_still_rejects_bad_rows_and_tells_types_apart() -> None:
+    cache = RecordCache()
+    cache.parse([raw("a", heartbeatIntervalMs=1)])
+    listed = cache.parse([raw("a", heartbeatIntervalMs=True), raw("b", heartbeatIntervalMs=0)])
+    assert listed.agents == ()
+    assert [r.label for r in listed.rejected] == ["a", "b"]
+    assert cache.parse([raw("a", heartbeatIntervalMs="1")]).rejected[0].label == "a"
+    assert cache.parse([{"id": ["unhashable"]}]).rejected[0].label == "row #0"
