@@ -24,11 +24,11 @@ class AgentSession:
     def __init__(self, key: str) -> None:
         self.key = key
         self.opened_at_ms = now_ms()
-        logger.info("session %s opened", key)
+        logger.debug("session %s opened", key)
 
     def close(self) -> None:
         """End the session; the agent has no session until a new one is opened."""
-        logger.info("session %s closed", self.key)
+        logger.debug("session %s closed", self.key)
 
 
 def thread_name(record: AgentRecord) -> str:

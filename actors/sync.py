@@ -210,6 +210,7 @@ class SyncActor(SupervisedActor):
         self._timers = Timers(self._scheduler, self.actor_ref)
         self.timers.start_periodic(SYNC_TIMER, self._sync_interval_s)
         self.timers.start_periodic(CHANGE_POLL_TIMER, CHANGE_POLL_INTERVAL_S)
+        self._publish()
         self._request("start")
 
     def on_receive(self, message: Any) -> Any:

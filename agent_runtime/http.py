@@ -26,51 +26,26 @@ logger = logging.getLogger(__name__)
 SERVER_STOP_TIMEOUT_S = 2.0
 
 
+NO_SYNC = SyncStatus(
+    running=False,
+    last_sync_at=None,
+    last_error=None,
+    added_count=0,
+    removed_count=0,
+    updated_count=0,
+    agents=(),
+)
+NO_HEARTBEATS = HeartbeatStatus(last_written_at={}, last_flush_at=None, last_error=None, pending=0)
+
+
 def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str, Any]:
     """The /health document. Times are epoch milliseconds or null; no secrets."""
     sync = board.get(AGENT_SYNC)
+    sync = sync if isinstance(sync, SyncStatus) else NO_SYNC
     beats = board.get(HEARTBEATS)
-    written = beats.last_written_at if isinstance(beats, HeartbeatStatus) else {}
-    runs_agents = settings.role in ROLES_RUNNING_AGENTS
-    if isinstance(sync, SyncStatus):
-        agent_sync = {
-            "running": sync.running,
-            "lastSyncAt": sync.last_sync_at,
-            "lastError": sync.last_error,
-            "addedCount": sync.added_count,
-            "removedCount": sync.removed_count,
-            "updatedCount": sync.updated_count,
-        }
-        agents = [
-            {
-                "id": a.record.id,
-                "name": a.record.name,
-                "sessionKey": a.record.session_key,
-                "heartbeatIntervalMs": a.record.heartbeat_interval_ms,
-                "lastHeartbeatAt": written.get(a.record.id, a.record.last_heartbeat_at),
-                "restarts": a.restarts,
-            }
-            for a in sync.agents
-        ]
-    else:
-        agent_sync = {
-            "running": False,
-            "lastSyncAt": None,
-            "lastError": None,
-            "addedCount": 0,
-            "removedCount": 0,
-            "updatedCount": 0,
-        }
-        agents = []
-    heartbeats = {
-        "lastFlushAt": beats.last_flush_at if isinstance(beats, HeartbeatStatus) else None,
-        "lastError": beats.last_error if isinstance(beats, HeartbeatStatus) else None,
-        "pending": beats.pending if isinstance(beats, HeartbeatStatus) else 0,
-    }
-    degraded = runs_agents and (
-        not agent_sync["running"]
-        or agent_sync["lastError"] is not None
-        or heartbeats["lastError"] is not None
+    beats = beats if isinstance(beats, HeartbeatStatus) else NO_HEARTBEATS
+    degraded = settings.role in ROLES_RUNNING_AGENTS and (
+        not sync.running or sync.last_error is not None or beats.last_error is not None
     )
     restarts = board.restarts()
     return {
@@ -78,9 +53,21 @@ def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str
         "role": settings.role,
         "workerId": settings.worker_id,
         "uptimeS": round(monotonic_s() - started_s, 3),
-        "agentSync": agent_sync,
-        "heartbeats": heartbeats,
-        "agents": agents,
+        "agentSync": sync.model_dump(by_alias=True, exclude={"agents"}),
+        "heartbeats": beats.model_dump(by_alias=True, exclude={"last_written_at"}),
+        "agents": [
+            {
+                "id": a.record.id,
+                "name": a.record.name,
+                "sessionKey": a.record.session_key,
+                "heartbeatIntervalMs": a.record.heartbeat_interval_ms,
+                "lastHeartbeatAt": beats.last_written_at.get(
+                    a.record.id, a.record.last_heartbeat_at
+                ),
+                "restarts": a.restarts,
+            }
+            for a in sync.agents
+        ],
         "supervisor": {"restarts": sum(restarts.values()), "byActor": restarts},
     }
 
