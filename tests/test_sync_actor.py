@@ -178,7 +178,7 @@ def test_interval_change_leaves_exactly_one_timer_and_new_spacing(fleet: Fleet) 
 
 
 def test_session_key_change_replaces_the_session(fleet: Fleet, caplog: Any) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)
     fleet.set_rows(row("a"))
     fleet.start()
     wait_for(lambda: fleet.running() == {"a"}, what="agent running")
