@@ -1,4 +1,4 @@
-"""AgentActor: one agent, in its own thread, with its session and its heartbeat timer."""
+"""AgentActor: one agent, with its session and its heartbeat timer, on the agents' Dispatcher."""
 
 import logging
 import threading

@@ -24,6 +24,8 @@ import pykka
 from pykka import ActorRegistry
 from pykka._envelope import Envelope
 
+from agent_runtime.clock import monotonic_s
+
 logger = logging.getLogger(__name__)
 
 THROUGHPUT = 10
@@ -50,12 +52,13 @@ class Dispatcher:
         self._ready.put(actor)
 
     def shutdown(self, timeout_s: float = 2.0) -> None:
-        """Let the threads finish what they are running, then end them. Actors still
-        alive get no more turns: stop them first."""
+        """Let the threads finish what they are running, then end them, waiting up to
+        `timeout_s` in all. Actors still alive get no more turns: stop them first."""
         for _ in self._threads:
             self._ready.put(None)
+        deadline_s = monotonic_s() + timeout_s
         for thread in self._threads:
-            thread.join(timeout_s)
+            thread.join(max(0.0, deadline_s - monotonic_s()))
 
     def _work(self) -> None:
         own_name = threading.current_thread().name

@@ -101,50 +101,60 @@ class HeartbeatWriter(SupervisedActor):
         self.timers.start_single(FLUSH_TIMER, due_s - monotonic_s())
 
     def _flush(self) -> None:
+        """Write pending beats, then pending offline marks; keep whatever fails."""
         self._last_flush_s = monotonic_s()
-        if self._pending:
-            beats = list(self._pending.values())
-            self._pending.clear()
-            try:
-                self._backend.record_heartbeats(beats)
-            except BackendError as error:
-                metrics.HEARTBEAT_WRITE_FAILURES.inc()
-                self._failed(f"heartbeat write failed, will retry: {error}")
-                for beat in beats:  # nothing newer can have arrived during the call
-                    self._pending[beat.agent_id] = beat
-            else:
-                metrics.HEARTBEAT_WRITES.inc()
-                metrics.HEARTBEATS_WRITTEN.inc(len(beats))
-                for beat in beats:
-                    self._last_written_at[beat.agent_id] = beat.at_ms
-                self._last_flush_at = now_ms()
-                self._last_error = None
-        self._write_offline()
+        problems = [self._write_beats(), self._write_offline()]
+        self._set_error(next((p for p in problems if p is not None), None))
         if self._pending or self._pending_offline:
             self._arm_flush(monotonic_s() + FLUSH_INTERVAL_S)
         self._publish()
 
-    def _stopped(self, agent_ids: tuple[str, ...]) -> None:
-        self._pending_offline.update(agent_ids)
-        self._flush()
-        for agent_id in agent_ids:
-            self._last_written_at.pop(agent_id, None)
-        self._publish()
+    def _write_beats(self) -> str | None:
+        if not self._pending:
+            return None
+        beats = list(self._pending.values())
+        self._pending.clear()
+        try:
+            self._backend.record_heartbeats(beats)
+        except BackendError as error:
+            metrics.PRESENCE_WRITE_FAILURES.labels(call="record_heartbeats").inc()
+            for beat in beats:  # nothing newer can have arrived during the call
+                self._pending[beat.agent_id] = beat
+            return f"heartbeat write failed, will retry: {error}"
+        metrics.HEARTBEAT_WRITES.inc()
+        metrics.HEARTBEATS_WRITTEN.inc(len(beats))
+        for beat in beats:
+            self._last_written_at[beat.agent_id] = beat.at_ms
+        self._last_flush_at = now_ms()
+        return None
 
-    def _write_offline(self) -> None:
+    def _write_offline(self) -> str | None:
         if not self._pending_offline:
-            return
+            return None
         agent_ids = sorted(self._pending_offline)
         try:
             self._backend.mark_offline(agent_ids)
         except BackendError as error:
-            self._failed(f"marking {len(agent_ids)} agent(s) offline failed, will retry: {error}")
-        else:
-            self._pending_offline.difference_update(agent_ids)
+            metrics.PRESENCE_WRITE_FAILURES.labels(call="mark_offline").inc()
+            return f"marking {len(agent_ids)} agent(s) offline failed, will retry: {error}"
+        self._pending_offline.difference_update(agent_ids)
+        return None
 
-    def _failed(self, problem: str) -> None:
-        if problem != self._last_error:
+    def _stopped(self, agent_ids: tuple[str, ...]) -> None:
+        self._pending_offline.update(agent_ids)
+        self._flush()  # their last beats first, then the offline marks
+        for agent_id in agent_ids:
+            # If the beats could not be written, drop them: a later retry must not bring a
+            # stopped agent back online.
+            self._pending.pop(agent_id, None)
+            self._last_written_at.pop(agent_id, None)
+        self._publish()
+
+    def _set_error(self, problem: str | None) -> None:
+        if problem is not None and problem != self._last_error:
             logger.warning("%s", problem)
+        elif problem is None and self._last_error is not None:
+            logger.info("presence writes recovered")
         self._last_error = problem
 
     def _publish(self) -> None:

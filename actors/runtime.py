@@ -19,7 +19,13 @@ import pykka
 from actors.dispatcher import Dispatcher
 from actors.heartbeat_writer import HeartbeatWriter
 from actors.scheduler import Scheduler, Timers
-from actors.supervision import DEFAULT_BACKOFF, Backoff, RestartIntensity
+from actors.supervision import (
+    DEFAULT_BACKOFF,
+    DEFAULT_MAX_RESTARTS,
+    DEFAULT_RESTART_PERIOD_S,
+    Backoff,
+    RestartIntensity,
+)
 from actors.sync import SyncActor
 from agent_runtime import metrics
 from agent_runtime.clock import monotonic_s
@@ -29,8 +35,11 @@ from messages import ChildFailed, TimerFired
 
 logger = logging.getLogger(__name__)
 
-CHILD_STOP_TIMEOUT_S = 4.0
-"""Per child; the SyncActor's stop includes stopping every agent."""
+CHILD_STOP_TIMEOUT_S = 2.5
+"""Per child; the SyncActor's stop includes stopping every agent (sync.STOP_TIMEOUT_S)."""
+
+THREAD_STOP_TIMEOUT_S = 0.5
+"""For the dispatcher's and the Scheduler's threads, once every actor has stopped."""
 
 AGENT_DISPATCHER_THREADS = 4
 """Threads shared by every AgentActor; agents only tick and tell, so a few suffice."""
@@ -45,7 +54,7 @@ class RuntimeOptions:
     runs_agents: bool
     sync_interval_s: float
     backoff: Backoff = DEFAULT_BACKOFF
-    intensity: tuple[int, float] = (5, 60.0)
+    intensity: tuple[int, float] = (DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_S)
     """(max restarts, within seconds) for core actors before the process gives up."""
 
 
@@ -138,8 +147,6 @@ class Runtime(pykka.ThreadingActor):
     def _child_failed(self, failure: ChildFailed) -> None:
         if self._restart_pending:
             return  # the other child's failure already scheduled the restart
-        metrics.RESTARTS.labels(actor=failure.child_id).inc()
-        self._board.count_restart(failure.child_id)
         now_s = monotonic_s()
         if not self._intensity.allow(now_s):
             max_restarts, period_s = self._options.intensity
@@ -155,6 +162,8 @@ class Runtime(pykka.ThreadingActor):
             self._consecutive_failures = 0
         delay_s = self._options.backoff.delay_s(self._consecutive_failures)
         self._consecutive_failures += 1
+        metrics.RESTARTS.labels(actor=failure.child_id).inc()
+        self._board.count_restart(failure.child_id)
         logger.error(
             "%s crashed: %s; restarting in %.2f s", failure.child_id, failure.error, delay_s
         )
@@ -171,8 +180,8 @@ class Runtime(pykka.ThreadingActor):
 
     def _stop_threads(self) -> None:
         if self._dispatcher is not None:
-            self._dispatcher.shutdown()
-        self._scheduler.stop()
+            self._dispatcher.shutdown(THREAD_STOP_TIMEOUT_S)
+        self._scheduler.stop(THREAD_STOP_TIMEOUT_S)
 
     def on_failure(self, *_exc_info: Any) -> None:
         self._stop_children()

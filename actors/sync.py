@@ -54,10 +54,15 @@ STARTUP_STAGGER_MAX_S = 120.0
 """At start-up, first beats spread over min(0.4 x interval, 120 s), so N agents do not
 all beat in the same instant."""
 
-STOP_TIMEOUT_S = 3.0
+STOP_TIMEOUT_S = 2.0
 """How long removing agents waits for their actors to stop."""
 
+SYNC_RETRY_BACKOFF = Backoff(min_s=1.0, max_s=30.0)
+"""After a failed sync, the next one comes after this backoff (never later than the timed
+sync), not at every change-signal poll."""
+
 SYNC_TIMER = "sync"
+SYNC_RETRY_TIMER = "sync-retry"
 CHANGE_POLL_TIMER = "change-poll"
 RESTART_TIMER_PREFIX = "restart:"
 STATUS_NAME = "agentSync"
@@ -198,6 +203,7 @@ class SyncActor(SupervisedActor):
         self._seen_version: str | None = None
         self._last_sync_at: int | None = None
         self._last_error: str | None = None
+        self._failed_syncs = 0
         self._counts = {"added": 0, "removed": 0, "updated": 0}
 
     @property
@@ -233,6 +239,8 @@ class SyncActor(SupervisedActor):
     def _on_timer(self, key: str) -> None:
         if key == SYNC_TIMER:
             self._request("interval")
+        elif key == SYNC_RETRY_TIMER:
+            self._request("retry")
         elif key == CHANGE_POLL_TIMER:
             self._poll_change_signal()
         elif key.startswith(RESTART_TIMER_PREFIX):
@@ -266,10 +274,7 @@ class SyncActor(SupervisedActor):
         try:
             rows = self._backend.list_agents()
         except BackendError as error:
-            metrics.SYNC_FAILURES.inc()
-            self._last_error = str(error)
-            logger.error("agent sync failed, next attempt as scheduled: %s", error)
-            self._publish()
+            self._sync_failed(version, error)
             return
         listed = self._records.parse(rows)
         self._log_rejections(listed.rejected)
@@ -278,6 +283,8 @@ class SyncActor(SupervisedActor):
         plan = plan_sync(running, listed.agents, keep)
         self._apply(plan)
         self._seen_version = version
+        self._failed_syncs = 0
+        self.timers.cancel(SYNC_RETRY_TIMER)
         self._first_sync_done = True
         self._last_sync_at = now_ms()
         self._last_error = None
@@ -292,6 +299,17 @@ class SyncActor(SupervisedActor):
                 len(self._agents),
                 duration_s * 1000,
             )
+        self._publish()
+
+    def _sync_failed(self, version: str | None, error: BackendError) -> None:
+        metrics.SYNC_FAILURES.inc()
+        self._last_error = str(error)
+        if version is not None:
+            self._seen_version = version  # the retry below covers it; do not re-sync per poll
+        delay_s = min(SYNC_RETRY_BACKOFF.delay_s(self._failed_syncs), self._sync_interval_s)
+        self._failed_syncs += 1
+        self.timers.start_single(SYNC_RETRY_TIMER, delay_s)
+        logger.error("agent sync failed, retrying in %.1f s: %s", delay_s, error)
         self._publish()
 
     def _apply(self, plan: SyncPlan) -> None:

@@ -23,8 +23,6 @@ from messages import HeartbeatStatus, SyncStatus
 
 logger = logging.getLogger(__name__)
 
-SERVER_STOP_TIMEOUT_S = 2.0
-
 
 NO_SYNC = SyncStatus(
     running=False,
@@ -110,10 +108,10 @@ class HttpServer:
         """Serve requests from now on, in the background."""
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop serving; waits up to SERVER_STOP_TIMEOUT_S."""
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop serving; waits up to `timeout_s` for the server thread."""
         self._server.should_exit = True
-        self._thread.join(SERVER_STOP_TIMEOUT_S)
+        self._thread.join(timeout_s)
         self._socket.close()
 
 

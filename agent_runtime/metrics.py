@@ -9,8 +9,10 @@ HEARTBEATS_WRITTEN = Counter(
 HEARTBEAT_WRITES = Counter(
     "agent_runtime_heartbeat_writes", "Batched heartbeat write calls made to the backend"
 )
-HEARTBEAT_WRITE_FAILURES = Counter(
-    "agent_runtime_heartbeat_write_failures", "Heartbeat write calls that failed (kept, retried)"
+PRESENCE_WRITE_FAILURES = Counter(
+    "agent_runtime_presence_write_failures",
+    "Presence writes that failed and will be retried, by backend call",
+    labelnames=("call",),
 )
 HEARTBEAT_LATENESS = Histogram(
     "agent_runtime_heartbeat_lateness_seconds",

@@ -56,10 +56,14 @@ END;
 """
 
 _LIST_AGENTS = """
-SELECT a.id, a.name, a.session_key, a.heartbeat_interval_ms, a.updated_at,
-       p.status, p.last_heartbeat_at
+SELECT id, name, session_key, heartbeat_interval_ms, updated_at
+FROM agents ORDER BY created_at, rowid
+"""
+
+_LIST_PRESENCE = """
+SELECT a.id, p.status, p.last_heartbeat_at
 FROM agents AS a LEFT JOIN presence AS p ON p.agent_id = a.id
-ORDER BY a.created_at, a.id
+ORDER BY a.created_at, a.rowid
 """
 
 _RECORD_HEARTBEAT = """
@@ -126,12 +130,14 @@ class LocalBackend(Backend):
                 "sessionKey": session_key,
                 "heartbeatIntervalMs": interval,
                 "updatedAt": updated_at,
-                "status": status or "offline",
-                "lastHeartbeatAt": last_heartbeat_at,
             }
-            for agent_id, name, session_key, interval, updated_at, status, last_heartbeat_at in (
-                self._read(_LIST_AGENTS)
-            )
+            for agent_id, name, session_key, interval, updated_at in self._read(_LIST_AGENTS)
+        ]
+
+    def list_presence(self) -> list[dict[str, Any]]:
+        return [
+            {"agentId": agent_id, "status": status or "offline", "lastHeartbeatAt": last}
+            for agent_id, status, last in self._read(_LIST_PRESENCE)
         ]
 
     def agents_version(self) -> str:

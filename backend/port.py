@@ -19,10 +19,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def list_agents(self) -> list[dict[str, Any]]:
-        """Every agent, as raw camelCase rows (configuration joined with presence).
+        """Every agent's configuration, oldest first, as raw camelCase rows
+        (`id, name, sessionKey, heartbeatIntervalMs, updatedAt`).
 
-        Rows are not validated here: the caller validates each one
-        (`messages.parse_agent_rows`), so one bad row cannot hide the others.
+        No presence: heartbeats never change this list. Rows are not validated here: the
+        caller validates each one (`messages.parse_agent_rows`), so one bad row cannot
+        hide the others.
         """
 
     @abc.abstractmethod
@@ -31,6 +33,10 @@ class Backend(abc.ABC):
         updated or removed, and never because of a heartbeat."""
 
     # --- presence ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def list_presence(self) -> list[dict[str, Any]]:
+        """`{agentId, status, lastHeartbeatAt}` for every agent, in `list_agents` order."""
 
     @abc.abstractmethod
     def record_heartbeats(self, beats: Sequence[Heartbeat]) -> None:

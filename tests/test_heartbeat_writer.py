@@ -127,3 +127,36 @@ def test_stop_flushes_what_is_pending(writer: Any, recorded: Recorded) -> None:
     writer.tell(Heartbeat(agent_id="a", at_ms=2))
     writer.stop()
     assert recorded.written()[-1] == {"a": 2}
+
+
+def test_error_clears_once_offline_marks_succeed_even_without_beats(
+    writer: Any, recorded: Recorded, board: StatusBoard
+) -> None:
+    recorded.backend.mark_offline.side_effect = [BackendError("backend down"), None]
+    writer.ask(AgentsStopped(agent_ids=("gone",)))
+    status = board.get("heartbeats")
+    assert isinstance(status, HeartbeatStatus)
+    assert status.last_error is not None
+    assert "offline failed" in status.last_error
+    wait_for(lambda: recorded.backend.mark_offline.call_count == 2, what="the offline retry")
+    wait_for(
+        lambda: board.get("heartbeats").last_error is None,  # type: ignore[union-attr]
+        what="error cleared",
+    )
+
+
+def test_stopped_agent_whose_last_beat_failed_is_never_written_online_again(
+    writer: Any, recorded: Recorded
+) -> None:
+    writer.tell(Heartbeat(agent_id="a", at_ms=1))
+    wait_for(recorded.written, what="first write")
+    recorded.backend.record_heartbeats.side_effect = BackendError("backend down")
+    writer.tell(Heartbeat(agent_id="a", at_ms=2))
+    writer.tell(Heartbeat(agent_id="b", at_ms=2))
+    writer.ask(AgentsStopped(agent_ids=("a",)))
+    recorded.backend.record_heartbeats.side_effect = recorded._record
+    calls = recorded.backend.record_heartbeats.call_count
+    wait_for(lambda: recorded.backend.record_heartbeats.call_count > calls, what="the retry")
+    writer.stop()
+    assert recorded.written()[-1] == {"b": 2}
+    assert all("a" not in w for w in recorded.written()[1:])

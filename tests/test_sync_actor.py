@@ -270,3 +270,18 @@ def test_stopping_the_sync_actor_stops_agents_and_marks_them_offline(fleet: Flee
     fleet.sync = None
     wait_for(lambda: set(fleet.offline) == {"a", "b"}, what="both marked offline")
     assert pykka.ActorRegistry.get_by_class(AgentActor) == []
+
+
+def test_failing_sync_retries_on_backoff_not_on_every_change_poll(fleet: Fleet) -> None:
+    fleet.backend.list_agents.side_effect = BackendError("backend down")
+    fleet.start(sync_interval_s=60.0)
+    wait_for(lambda: fleet.backend.list_agents.call_count >= 1, what="the first sync")
+    for _ in range(8):  # the change signal keeps moving while the backend fails
+        fleet.set_rows(row("a"))
+        assert fleet.sync is not None
+        fleet.sync.ask(GetRunningAgents())
+    # Polled 4x per second, a storm would be several syncs in 0.9 s; the backoff allows one.
+    assert stays_false(lambda: fleet.backend.list_agents.call_count > 2, 0.9)
+    fleet.backend.list_agents.side_effect = fleet._list
+    wait_for(lambda: fleet.running() == {"a"}, timeout_s=5, what="recovery on the retry")
+    assert fleet.status().last_error is None
