@@ -8,6 +8,7 @@ the restart intensity limit the Runtime gives up and calls `on_fatal`, and the p
 exits non-zero so the platform restarts it.
 """
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -31,7 +32,8 @@ from agent_runtime import metrics
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
 from backend import Backend
-from messages import ChildFailed, TimerFired
+from backend.port import Watch
+from messages import AgentsChanged, ChildFailed, RequestSync, TimerFired
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class Runtime(pykka.ThreadingActor):
         self._scheduler = scheduler or Scheduler()
         self._timers: Timers | None = None
         self._dispatcher: Dispatcher | None = None
+        self._watch: Watch | None = None
         self._intensity = RestartIntensity(*options.intensity)
         self._consecutive_failures = 0
         self._last_start_s = 0.0
@@ -99,7 +102,13 @@ class Runtime(pykka.ThreadingActor):
         self._timers = Timers(self._scheduler, self.actor_ref)
         if self._options.runs_agents:
             self._dispatcher = Dispatcher("agents", AGENT_DISPATCHER_THREADS)
+            self._watch = self._backend.watch_agents(self._agents_changed)
         self._start_children()
+
+    def _agents_changed(self) -> None:
+        # Called from the change feed's thread: hand over to the Runtime's own thread.
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(AgentsChanged())
 
     def _start_children(self) -> None:
         self._last_start_s = monotonic_s()
@@ -119,6 +128,7 @@ class Runtime(pykka.ThreadingActor):
             heartbeat_writer=self.writer,
             status_board=self._board,
             sync_interval_s=self._options.sync_interval_s,
+            poll_change_signal=self._watch is None,
             backoff=self._options.backoff,
         )
 
@@ -136,6 +146,10 @@ class Runtime(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ChildFailed):
             self._child_failed(message)
+        elif isinstance(message, AgentsChanged):
+            if self.sync is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    self.sync.tell(RequestSync(reason="subscription"))
         elif isinstance(message, TimerFired):
             assert self._timers is not None
             if self._timers.accept(message) and message.key == RESTART_TIMER:
@@ -179,6 +193,8 @@ class Runtime(pykka.ThreadingActor):
         self._stop_threads()
 
     def _stop_threads(self) -> None:
+        if self._watch is not None:
+            self._watch.stop(THREAD_STOP_TIMEOUT_S)
         if self._dispatcher is not None:
             self._dispatcher.shutdown(THREAD_STOP_TIMEOUT_S)
         self._scheduler.stop(THREAD_STOP_TIMEOUT_S)

@@ -184,6 +184,7 @@ class SyncActor(SupervisedActor):
         heartbeat_writer: pykka.ActorRef[HeartbeatWriter],
         status_board: StatusBoard,
         sync_interval_s: float,
+        poll_change_signal: bool = True,
         backoff: Backoff = DEFAULT_BACKOFF,
     ) -> None:
         super().__init__(supervisor=supervisor, child_id="sync")
@@ -193,6 +194,7 @@ class SyncActor(SupervisedActor):
         self._writer = heartbeat_writer
         self._board = status_board
         self._sync_interval_s = sync_interval_s
+        self._polls_changes = poll_change_signal
         self._backoff = backoff
         self._timers: Timers | None = None
         self._agents: dict[str, _Agent] = {}
@@ -215,7 +217,8 @@ class SyncActor(SupervisedActor):
     def started(self) -> None:
         self._timers = Timers(self._scheduler, self.actor_ref)
         self.timers.start_periodic(SYNC_TIMER, self._sync_interval_s)
-        self.timers.start_periodic(CHANGE_POLL_TIMER, CHANGE_POLL_INTERVAL_S)
+        if self._polls_changes:  # else the backend pushes changes (RequestSync)
+            self.timers.start_periodic(CHANGE_POLL_TIMER, CHANGE_POLL_INTERVAL_S)
         self._publish()
         self._request("start")
 

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent_runtime.errors import ConfigError
@@ -23,6 +23,8 @@ DEFAULT_AGENT_SYNC_INTERVAL_MS = 60_000
 MIN_AGENT_SYNC_INTERVAL_MS = 1_000
 DEFAULT_LOCAL_DB_PATH = Path(".agent-runtime/local.db")
 DEFAULT_PORT = 8080
+DEFAULT_CONVEX_CONNECT_TIMEOUT_MS = 5_000
+DEFAULT_CONVEX_READ_TIMEOUT_MS = 10_000
 
 
 def default_worker_id() -> str:
@@ -72,13 +74,46 @@ class Settings(BaseSettings):
     worker_id: Annotated[
         str, Field(alias="WORKER_ID", min_length=1, description="a non-empty name")
     ] = Field(default_factory=default_worker_id)
+    convex_url: Annotated[
+        str | None,
+        Field(
+            alias="CONVEX_URL",
+            pattern=r"^https?://[^\s/]+(/\S*)?$",
+            description="an http(s) URL such as https://happy-otter-123.convex.cloud",
+        ),
+    ] = None
+    agent_secret: Annotated[
+        SecretStr | None,
+        Field(alias="AGENT_SECRET", min_length=1, description="the deployment's AGENT_SECRET"),
+    ] = None
+    convex_connect_timeout_ms: Annotated[
+        int,
+        Field(alias="CONVEX_CONNECT_TIMEOUT_MS", gt=0, description="whole milliseconds > 0"),
+    ] = DEFAULT_CONVEX_CONNECT_TIMEOUT_MS
+    convex_read_timeout_ms: Annotated[
+        int,
+        Field(alias="CONVEX_READ_TIMEOUT_MS", gt=0, description="whole milliseconds > 0"),
+    ] = DEFAULT_CONVEX_READ_TIMEOUT_MS
+    agent_sync_mode: Annotated[
+        Literal["poll", "subscribe"] | None,
+        Field(
+            alias="AGENT_SYNC_MODE",
+            description="poll or subscribe (subscribe needs CONVEX_URL)",
+        ),
+    ] = None
     agent_debug: Annotated[
         frozenset[str],
         NoDecode,
         Field(alias="AGENT_DEBUG", description="comma-separated agent ids"),
     ] = frozenset()
 
-    @field_validator("agent_sync_interval_ms", "port", mode="before")
+    @field_validator(
+        "agent_sync_interval_ms",
+        "port",
+        "convex_connect_timeout_ms",
+        "convex_read_timeout_ms",
+        mode="before",
+    )
     @classmethod
     def _integer_text(cls, value: Any) -> Any:
         # pydantic would accept "1e3" or "60000.0"; an operator's env var should be digits.
@@ -91,7 +126,7 @@ class Settings(BaseSettings):
     def _upper_case(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", "app_env", "role", mode="before")
+    @field_validator("log_format", "app_env", "role", "agent_sync_mode", mode="before")
     @classmethod
     def _lower_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -103,11 +138,38 @@ class Settings(BaseSettings):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("convex_url", "agent_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _production_shape(self) -> "Settings":
         if self.app_env == "production" and self.role == "all":
-            raise ValueError("AGENT_ROLE=all is for local development only")
+            raise ValueError(_ROLE_ALL_IN_PRODUCTION)
+        if self.convex_url is not None and self.agent_secret is None:
+            raise ValueError(_CONVEX_NEEDS_KEY)
+        if self.agent_sync_mode == "subscribe" and self.convex_url is None:
+            raise ValueError(
+                "AGENT_SYNC_MODE='subscribe' needs CONVEX_URL: expected poll with the"
+                " embedded backend (its change counter is polled locally)"
+            )
         return self
+
+    @property
+    def subscribes(self) -> bool:
+        """Whether agent changes are pushed (Convex subscription) rather than polled."""
+        return self.convex_url is not None and self.agent_sync_mode != "poll"
+
+
+_ROLE_ALL_IN_PRODUCTION = (
+    f"AGENT_ROLE='all' is refused when APP_ENV='production': expected one of "
+    f"{', '.join(r for r in ROLES if r != 'all')} (run one role per process)"
+)
+_CONVEX_NEEDS_KEY = (
+    "AGENT_SECRET is required when CONVEX_URL is set: expected the same value as the"
+    " deployment's AGENT_SECRET (npx convex env set AGENT_SECRET ...)"
+)
 
 
 def _explain(error: ValidationError) -> str:
@@ -117,11 +179,11 @@ def _explain(error: ValidationError) -> str:
     for item in error.errors(include_url=False):
         loc = item["loc"][0] if item["loc"] else None
         info = by_alias.get(str(loc)) or fields.get(str(loc))
-        if info is None:  # the model-level check: APP_ENV=production with AGENT_ROLE=all
-            lines.append(
-                f"AGENT_ROLE='all' is refused when APP_ENV='production': expected one of "
-                f"{', '.join(r for r in ROLES if r != 'all')} (run one role per process)"
-            )
+        if info is None:  # a model-level check: the message is already for a person
+            lines.append(str(item["ctx"]["error"]) if "ctx" in item else item["msg"])
+            continue
+        if info.alias == "AGENT_SECRET":  # never echo a secret, even a bad one
+            lines.append(f"AGENT_SECRET is invalid: expected {info.description}")
             continue
         # Show the value as the operator wrote it, not as a validator normalised it.
         value = os.environ.get(str(info.alias), item["input"])

@@ -17,6 +17,30 @@ class BackendError(RuntimeErrorBase):
     """
 
 
+class BackendUnavailable(BackendError):
+    """The backend could not be reached or answered with a server error (transport
+    failure, timeout, 5xx, 429, unreadable body), after the retries that were safe."""
+
+
+class ServiceKeyRejected(BackendError):
+    """The backend refused the service key: AGENT_SECRET is missing or differs from the
+    deployment's. Never retried."""
+
+
+class ApplicationError(BackendError):
+    """A backend function refused the call with a coded error (a ConvexError with data
+    `{code, message}`). Never retried."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class FunctionError(BackendError):
+    """A backend function failed without a code (a bug, or the function is not deployed),
+    or the request was malformed. Never retried."""
+
+
 class AgentNotFound(BackendError):
     """An admin command named an agent id the backend does not have."""
 
@@ -27,5 +51,5 @@ class AgentNotFound(BackendError):
         self.agent_id = agent_id
 
 
-class InvalidAgent(RuntimeErrorBase):
+class InvalidAgent(BackendError):
     """An admin command asked for an agent the runtime would reject (bad name or interval)."""

@@ -6,10 +6,17 @@ the contract; an adapter only maps them onto its storage. Every method may raise
 """
 
 import abc
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from messages import AgentRecord, Heartbeat
+
+
+class Watch(Protocol):
+    """A running change feed (see `Backend.watch_agents`)."""
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Stop the feed; no `on_change` call starts after this returns."""
 
 
 class Backend(abc.ABC):
@@ -85,6 +92,12 @@ class Backend(abc.ABC):
         Raises:
             AgentNotFound: no agent has this id.
         """
+
+    def watch_agents(self, on_change: Callable[[], None]) -> Watch | None:
+        """Start calling `on_change()` (from another thread) whenever agents change, if
+        this backend can push changes; None if it cannot, and the caller polls
+        `agents_version()` instead."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - adapters without resources need not override
         """Release connections. The backend must not be used afterwards."""

@@ -4,13 +4,14 @@ from messages.agent import AgentList, AgentRecord, AgentRejection, UpdateAgent, 
 from messages.heartbeat import AgentsStopped, FlushHeartbeats, Heartbeat
 from messages.status import HeartbeatStatus, RunningAgent, SyncStatus
 from messages.supervision import ChildFailed
-from messages.sync import GetRunningAgents, RequestSync, RunSync
+from messages.sync import AgentsChanged, GetRunningAgents, RequestSync, RunSync
 from messages.timers import TimerFired
 
 __all__ = [
     "AgentList",
     "AgentRecord",
     "AgentRejection",
+    "AgentsChanged",
     "AgentsStopped",
     "ChildFailed",
     "FlushHeartbeats",

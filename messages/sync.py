@@ -9,6 +9,10 @@ class RequestSync(Message):
     reason: str
 
 
+class AgentsChanged(Message):
+    """Change feed -> Runtime: the backend says agents changed; sync now."""
+
+
 class RunSync(Message):
     """SyncActor -> itself: run the one queued sync now."""
 

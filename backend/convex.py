@@ -1,0 +1,213 @@
+"""The Convex backend: Convex's HTTP function API, through one shared `httpx.Client`.
+
+Every call is `POST {CONVEX_URL}/api/query|mutation|action` with
+`{path, args, format: "json"}`, `args` encoded with `convex.values` and carrying
+`serviceKey`. Answers map to typed errors (agent_runtime.errors); `backend.retry` retries
+only what is safe. The secret is only ever placed in request bodies: never in a log
+line, an error message or a repr.
+
+The WebSocket `ConvexClient` is deliberately not used for calls: its blocking calls hold
+the GIL for their whole duration and have no timeout (see DESIGN.md).
+"""
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+from convex.values import convex_to_json
+from pydantic import SecretStr
+
+from agent_runtime import __version__
+from agent_runtime.errors import (
+    AgentNotFound,
+    ApplicationError,
+    FunctionError,
+    InvalidAgent,
+    ServiceKeyRejected,
+)
+from backend.convex_watch import AgentsWatcher
+from backend.port import Backend
+from backend.retry import Unavailable, call_with_retries
+from messages import AgentRecord, Heartbeat
+from messages.agent import parse_agent_row
+
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 10.0
+
+UDF_FAILED_STATUS = 560
+"""Older deployments answer a failed function with this status instead of 200."""
+
+
+class ConvexBackend(Backend):
+    """The backend port over a Convex deployment at `url` running the reference functions
+    in `convex/` (or functions with the same contract, see contract/README.md)."""
+
+    def __init__(
+        self,
+        url: str,
+        secret: SecretStr,
+        *,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        subscribe: bool = True,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._secret = secret
+        self._subscribe = subscribe
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            headers={"Convex-Client": f"agent-runtime-{__version__}"},
+        )
+
+    def __repr__(self) -> str:
+        return f"ConvexBackend(url={self.url!r})"
+
+    # --- the port ---------------------------------------------------------------------
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        return _rows(self._call("query", "service/agents:list", {}, idempotent=True))
+
+    def agents_version(self) -> str:
+        return str(self._call("query", "service/agents:version", {}, idempotent=True))
+
+    def list_presence(self) -> list[dict[str, Any]]:
+        return _rows(self._call("query", "service/presence:list", {}, idempotent=True))
+
+    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
+        if beats:  # setting lastHeartbeatAt to max(old, atMs) twice is harmless
+            args = {"beats": [{"agentId": b.agent_id, "atMs": b.at_ms} for b in beats]}
+            self._call("mutation", "service/presence:recordHeartbeats", args, idempotent=True)
+
+    def mark_offline(self, agent_ids: Sequence[str]) -> None:
+        if agent_ids:
+            args = {"agentIds": list(agent_ids)}
+            self._call("mutation", "service/presence:markOffline", args, idempotent=True)
+
+    def create_agent(
+        self, name: str, heartbeat_interval_ms: int, session_key: str | None = None
+    ) -> AgentRecord:
+        args: dict[str, Any] = {"name": name, "heartbeatIntervalMs": heartbeat_interval_ms}
+        if session_key is not None:
+            args["sessionKey"] = session_key
+        # Not idempotent: a retry after a lost answer could create the agent twice.
+        return _record(self._call("mutation", "service/agents:create", args, idempotent=False))
+
+    def update_agent(
+        self,
+        agent_id: str,
+        *,
+        name: str | None = None,
+        heartbeat_interval_ms: int | None = None,
+        session_key: str | None = None,
+    ) -> AgentRecord:
+        changes = {
+            "name": name,
+            "heartbeatIntervalMs": heartbeat_interval_ms,
+            "sessionKey": session_key,
+        }
+        args = {"agentId": agent_id, **{k: v for k, v in changes.items() if v is not None}}
+        # Setting the same values twice is harmless.
+        return _record(self._agent_call("service/agents:update", args, idempotent=True))
+
+    def remove_agent(self, agent_id: str) -> None:
+        # Not idempotent: a retry after a lost answer would report NOT_FOUND.
+        self._agent_call("service/agents:remove", {"agentId": agent_id}, idempotent=False)
+
+    def _agent_call(self, path: str, args: dict[str, Any], *, idempotent: bool) -> Any:
+        try:
+            return self._call("mutation", path, args, idempotent=idempotent)
+        except ApplicationError as error:
+            if error.code == "NOT_FOUND":
+                raise AgentNotFound(args["agentId"]) from None
+            raise
+
+    def watch_agents(self, on_change: Callable[[], None]) -> AgentsWatcher | None:
+        """A subscription to `service/agents:version` (AGENT_SYNC_MODE=subscribe)."""
+        if not self._subscribe:
+            return None
+        watcher = AgentsWatcher(self.url, self._secret, on_change)
+        watcher.start()
+        return watcher
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the HTTP API -------------------------------------------------------------------
+
+    def _call(self, kind: str, path: str, args: dict[str, Any], *, idempotent: bool) -> Any:
+        body = {
+            "path": path,
+            "args": convex_to_json({**args, "serviceKey": self._secret.get_secret_value()}),
+            "format": "json",
+        }
+        return call_with_retries(lambda: self._post(kind, path, body), idempotent=idempotent)
+
+    def _post(self, kind: str, path: str, body: dict[str, Any]) -> Any:
+        where = f"Convex {kind} {path} at {self.url}"
+        try:
+            response = self._http.post(f"/api/{kind}", json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+            raise Unavailable(f"{where}: cannot connect: {error!r}", may_have_run=False) from None
+        except httpx.TimeoutException:
+            raise Unavailable(f"{where}: no answer in time", may_have_run=True) from None
+        except httpx.TransportError as error:
+            raise Unavailable(f"{where}: connection failed: {error!r}", may_have_run=True) from None
+        status = response.status_code
+        if status == 429:
+            raise Unavailable(f"{where}: rate limited (429)", may_have_run=False)
+        if status >= 500 and status != UDF_FAILED_STATUS:
+            raise Unavailable(f"{where}: server error {status}", may_have_run=True)
+        if status in (401, 403):
+            raise ServiceKeyRejected(f"{where}: refused ({status}): {_error_text(response)}")
+        if status not in (200, UDF_FAILED_STATUS):
+            raise FunctionError(f"{where}: bad request ({status}): {_error_text(response)}")
+        try:
+            answer = response.json()
+        except json.JSONDecodeError:
+            raise Unavailable(f"{where}: unreadable answer", may_have_run=True) from None
+        if not isinstance(answer, dict) or answer.get("status") not in ("success", "error"):
+            raise Unavailable(f"{where}: unexpected answer shape", may_have_run=True)
+        if answer["status"] == "success":
+            return answer.get("value")
+        raise _function_failure(where, answer)
+
+
+def _function_failure(where: str, answer: dict[str, Any]) -> Exception:
+    data = answer.get("errorData")
+    if isinstance(data, dict) and isinstance(data.get("code"), str):
+        code, message = data["code"], str(data.get("message", ""))
+        if code == "UNAUTHORIZED":
+            return ServiceKeyRejected(
+                f"{where}: the deployment refused the service key; AGENT_SECRET must equal"
+                " the deployment's AGENT_SECRET (npx convex env set AGENT_SECRET ...)"
+            )
+        if code == "INVALID_ARGUMENT":
+            return InvalidAgent(message)
+        return ApplicationError(code, message)
+    first_line = str(answer.get("errorMessage", "")).split("\n")[:2]
+    return FunctionError(f"{where}: function failed: {' '.join(first_line).strip()}")
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except json.JSONDecodeError:
+        return response.text[:200]
+    if isinstance(body, dict) and "message" in body:
+        return f"{body.get('code', '')}: {body['message']}"
+    return str(body)[:200]
+
+
+def _rows(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise FunctionError(f"expected a list of rows, got {type(value).__name__}")
+    return value
+
+
+def _record(value: Any) -> AgentRecord:
+    result = parse_agent_row(value, 0)
+    if not isinstance(result, AgentRecord):
+        raise FunctionError(f"the backend returned an invalid agent: {result.problem}")
+    return result
