@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from agent_runtime import __version__
+from agent_runtime import __version__, doctor
 from agent_runtime.config import ROLES, load_settings
 from agent_runtime.errors import BackendError, ConfigError, InvalidAgent
 from backend import Backend, open_backend
@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the worker until SIGTERM")
     run.add_argument("--role", choices=ROLES, help="overrides AGENT_ROLE")
 
+    commands.add_parser(
+        "doctor", help="check the configuration for this role and reach the backend"
+    )
+
     agents = commands.add_parser("agents", help="list, add, update or remove agents")
     actions = agents.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="show every agent")
@@ -89,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent_runtime.process import run  # noqa: PLC0415 - keep `agents` commands light
 
         return run(settings)
+    if args.command == "doctor":
+        return doctor.run(settings)
     if args.action == "update" and not (args.name or args.heartbeat_interval or args.session_key):
         parser.error(
             "agents update: give at least one of --name, --heartbeat-interval, --session-key"

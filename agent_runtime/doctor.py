@@ -1,0 +1,124 @@
+"""`agent-runtime doctor`: is this configuration right for this role? One line per check.
+
+Each line starts with `ok` or `FAIL`; a failure says what to do. Exit status 1 if any
+check failed. It reaches the backend the settings name, with the same adapter as `run`.
+"""
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent_runtime.clock import monotonic_s
+from agent_runtime.config import ROLES_RUNNING_AGENTS, Settings
+from agent_runtime.errors import BackendError, BackendUnavailable, ServiceKeyRejected
+from backend import Backend, open_backend
+from messages import parse_agent_rows
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+
+
+def diagnose(settings: Settings) -> list[Check]:
+    """Run every check for the settings' role and backend; never raises."""
+    checks = [_configuration(settings), _port(settings)]
+    try:
+        backend = open_backend(settings)
+    except BackendError as error:
+        return [*checks, Check("backend", False, f"{error}; fix: check LOCAL_DB_PATH")]
+    try:
+        checks += _backend_checks(settings, backend)
+    finally:
+        backend.close()
+    return checks
+
+
+def run(settings: Settings, write: Callable[[str], None] = print) -> int:
+    """Print the report; 0 if every check passed, else 1."""
+    checks = diagnose(settings)
+    for check in checks:
+        write(check.line())
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _configuration(settings: Settings) -> Check:
+    kind = (
+        f"Convex at {settings.convex_url}"
+        if settings.convex_url
+        else (f"embedded SQLite at {settings.local_db_path}")
+    )
+    detail = f"role={settings.role} app_env={settings.app_env} backend={kind}"
+    if settings.app_env == "production" and settings.convex_url is None:
+        return Check(
+            "configuration",
+            False,
+            f"{detail}; fix: production needs CONVEX_URL and AGENT_SECRET (the embedded"
+            " backend is a local file, lost on redeploy)",
+        )
+    if settings.role not in ROLES_RUNNING_AGENTS:
+        detail += " (this role runs only the HTTP server so far)"
+    return Check("configuration", True, detail)
+
+
+def _port(settings: Settings) -> Check:
+    try:
+        with socket.create_server((settings.host, settings.port)):
+            pass
+    except OSError as error:
+        return Check(
+            "http",
+            False,
+            f"cannot listen on {settings.host}:{settings.port} ({error.strerror});"
+            " fix: set PORT to a free port, or stop what uses it",
+        )
+    return Check("http", True, f"{settings.host}:{settings.port} is free for /health")
+
+
+def _backend_checks(settings: Settings, backend: Backend) -> list[Check]:
+    convex = settings.convex_url is not None
+    started_s = monotonic_s()
+    try:
+        version = backend.agents_version()
+    except ServiceKeyRejected:
+        return [
+            Check("backend", True, f"{settings.convex_url} answered"),
+            Check(
+                "service key",
+                False,
+                "the deployment refused AGENT_SECRET; fix: set AGENT_SECRET to the value of"
+                " `npx convex env get AGENT_SECRET` (and set one there if it has none)",
+            ),
+        ]
+    except BackendUnavailable as error:
+        fix = "check CONVEX_URL and the network" if convex else "check LOCAL_DB_PATH"
+        return [Check("backend", False, f"{error}; fix: {fix}")]
+    except BackendError as error:
+        return [
+            Check(
+                "backend",
+                False,
+                f"{error}; fix: deploy the reference functions (cd convex && npx convex deploy)",
+            )
+        ]
+    elapsed_ms = (monotonic_s() - started_s) * 1000
+    checks = [Check("backend", True, f"answered in {elapsed_ms:.0f} ms (agents version {version})")]
+    if convex:
+        checks.append(Check("service key", True, "accepted by the deployment"))
+    try:
+        listed = parse_agent_rows(backend.list_agents())
+    except BackendError as error:
+        return [*checks, Check("agents", False, f"cannot list agents: {error}")]
+    detail = f"{len(listed.agents)} valid"
+    if listed.rejected:
+        labels = ", ".join(r.label for r in listed.rejected[:5])
+        detail += f", {len(listed.rejected)} skipped as invalid ({labels}); see `agents list`"
+    checks.append(Check("agents", True, detail))
+    return checks
