@@ -13,6 +13,8 @@ from actors.scheduler import Scheduler
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
 from backend.local import LocalBackend
+from tests.convex_service import LocalService
+from tests.fake_convex import FakeConvex
 
 T = TypeVar("T")
 
@@ -89,3 +91,28 @@ def local_backend(db_path: Path) -> Iterator[LocalBackend]:
     b = LocalBackend(db_path)
     yield b
     b.close()
+
+
+SECRET = "s3cret-for-tests"
+
+
+@pytest.fixture(params=["local", "convex"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The environment of a subprocess runtime or CLI, on each backend in turn: the
+    embedded SQLite file, then Convex (the fake deployment) in its default sync mode."""
+    from tests.runtime_process import base_env  # noqa: PLC0415 - avoids an import cycle
+
+    if request.param == "local":
+        return base_env(tmp_path / "local.db")
+    deployment = request.getfixturevalue("convex_deployment")
+    return base_env(tmp_path / "unused.db", CONVEX_URL=deployment.url, AGENT_SECRET=SECRET)
+
+
+@pytest.fixture
+def convex_deployment(tmp_path: Path) -> Iterator[FakeConvex]:
+    """A fake Convex deployment on 127.0.0.1 serving the embedded backend's logic with the
+    reference functions' contract, its AGENT_SECRET being `SECRET`."""
+    backend = LocalBackend(tmp_path / "deployment.db")
+    with FakeConvex(LocalService(backend, SECRET).call) as fake:
+        yield fake
+    backend.close()

@@ -12,14 +12,14 @@ from tests.runtime_process import base_env, cli
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+def local_env(tmp_path: Path) -> dict[str, str]:
     return base_env(tmp_path / "local.db")
 
 
-def test_console_script_prints_its_version(env: dict[str, str]) -> None:
+def test_console_script_prints_its_version(local_env: dict[str, str]) -> None:
     script = Path(sys.executable).parent / "agent-runtime"
     result = subprocess.run(
-        [script, "--version"], env=env, capture_output=True, text=True, check=False
+        [script, "--version"], env=local_env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0
     assert result.stdout.startswith("agent-runtime 0.")
@@ -78,9 +78,9 @@ def test_default_interval_and_session_key(env: dict[str, str]) -> None:
     ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(
-    env: dict[str, str], args: list[str], expected: str
+    local_env: dict[str, str], args: list[str], expected: str
 ) -> None:
-    result = cli(env, *args)
+    result = cli(local_env, *args)
     assert result.returncode == 2
     assert expected in result.stderr
 
@@ -103,7 +103,10 @@ def test_unusable_database_path_exits_1_naming_it(tmp_path: Path) -> None:
     assert str(blocker / "local.db") in result.stderr
 
 
-def test_invalid_rows_are_reported_on_stderr_and_the_rest_listed(env: dict[str, str]) -> None:
+def test_invalid_rows_are_reported_on_stderr_and_the_rest_listed(
+    local_env: dict[str, str],
+) -> None:
+    env = local_env
     good = cli(env, "agents", "add", "good").stdout.strip()
     db = sqlite3.connect(env["LOCAL_DB_PATH"])
     db.execute("INSERT INTO agents VALUES ('bad', 'broken', 'k', 'soon', 0, 0)")

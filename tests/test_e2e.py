@@ -16,11 +16,6 @@ from tests.runtime_process import RuntimeProcess, base_env, cli
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return base_env(tmp_path / "local.db")
-
-
-@pytest.fixture
 def runtime(env: dict[str, str]) -> Iterator[RuntimeProcess]:
     process = RuntimeProcess(env)
     yield process
@@ -177,16 +172,23 @@ def test_metrics_are_served_in_prometheus_format(
     ],
 )
 def test_bad_setting_exits_2_with_one_line_naming_it(
-    env: dict[str, str], variable: str, value: str, expected: str
+    tmp_path: Path, variable: str, value: str, expected: str
 ) -> None:
-    result = cli({**env, variable: value}, "run")
+    result = cli(base_env(tmp_path / "local.db", **{variable: value}), "run")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert expected in lines[0]
 
 
-def test_production_refuses_role_all(env: dict[str, str]) -> None:
-    result = cli({**env, "APP_ENV": "production", "AGENT_ROLE": "all"}, "run")
+def test_production_refuses_role_all(tmp_path: Path) -> None:
+    result = cli(base_env(tmp_path / "local.db", APP_ENV="production", AGENT_ROLE="all"), "run")
     assert result.returncode == 2
     assert "AGENT_ROLE='all' is refused when APP_ENV='production'" in result.stderr
+
+
+def test_convex_without_agent_secret_refuses_to_start(tmp_path: Path) -> None:
+    result = cli(base_env(tmp_path / "x.db", CONVEX_URL="http://127.0.0.1:9"), "run")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "AGENT_SECRET is required when CONVEX_URL is set" in line

@@ -1,0 +1,125 @@
+"""The embedded backend's logic behind Convex-shaped service functions.
+
+`LocalService.call(kind, path, args)` behaves as the reference functions in `convex/`
+do (same paths, same `serviceKey` check, same error codes), on a real `LocalBackend`.
+It runs the contract vectors on the Python side and sits behind the fake Convex
+deployment (`tests/fake_convex.py`) in end-to-end tests.
+"""
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent_runtime.errors import AgentNotFound, InvalidAgent
+from backend.local import LocalBackend
+from messages import Heartbeat
+from messages.agent import describe_validation_error
+from tests.fake_convex import ServiceError
+
+
+class LocalService:
+    """Dispatches function paths to `backend`, checking `serviceKey` against `secret`
+    (a deployment without a secret refuses every call)."""
+
+    def __init__(self, backend: LocalBackend, secret: str | None) -> None:
+        self.backend = backend
+        self.secret = secret
+        self._functions: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
+            "service/agents:list": ("query", lambda a: backend.list_agents()),
+            "service/agents:version": ("query", lambda a: backend.agents_version()),
+            "service/agents:create": ("mutation", self._create),
+            "service/agents:update": ("mutation", self._update),
+            "service/agents:remove": ("mutation", self._remove),
+            "service/presence:list": ("query", lambda a: backend.list_presence()),
+            "service/presence:recordHeartbeats": ("mutation", self._record_heartbeats),
+            "service/presence:markOffline": ("mutation", self._mark_offline),
+            "service/actions:listAgents": ("action", self._list_with_presence),
+            "service/actions:updateAgentHeartbeat": ("action", self._update_heartbeat),
+        }
+
+    def call(self, kind: str, path: str, args: dict[str, Any]) -> Any:
+        """Run one service function; raises ServiceError(code, message) on failure."""
+        if path not in self._functions or self._functions[path][0] != kind:
+            # As Convex: an uncoded error, not a ConvexError.
+            raise LookupError(f"Could not find public function for '{path}'")
+        key = args.get("serviceKey")
+        if (
+            not self.secret
+            or not isinstance(key, str)
+            or not hmac.compare_digest(key.encode(), self.secret.encode())
+        ):
+            raise ServiceError("UNAUTHORIZED", "missing or wrong service key")
+        try:
+            return self._functions[path][1](args)
+        except AgentNotFound as error:
+            raise ServiceError("NOT_FOUND", str(error)) from None
+        except InvalidAgent as error:
+            raise ServiceError("INVALID_ARGUMENT", str(error)) from None
+
+    def _create(self, args: dict[str, Any]) -> dict[str, Any]:
+        record = self.backend.create_agent(
+            args.get("name"),  # type: ignore[arg-type]  # validated by the backend
+            args.get("heartbeatIntervalMs"),  # type: ignore[arg-type]
+            args.get("sessionKey"),
+        )
+        return _config(record.model_dump(by_alias=True))
+
+    def _update(self, args: dict[str, Any]) -> dict[str, Any]:
+        record = self.backend.update_agent(
+            _string(args, "agentId"),
+            name=args.get("name"),
+            heartbeat_interval_ms=args.get("heartbeatIntervalMs"),
+            session_key=args.get("sessionKey"),
+        )
+        return _config(record.model_dump(by_alias=True))
+
+    def _remove(self, args: dict[str, Any]) -> None:
+        self.backend.remove_agent(_string(args, "agentId"))
+
+    def _record_heartbeats(self, args: dict[str, Any]) -> None:
+        beats = args.get("beats")
+        if not isinstance(beats, list):
+            raise ServiceError("INVALID_ARGUMENT", f"beats: expected an array, got {beats!r}")
+        self.backend.record_heartbeats([_heartbeat(b) for b in beats])
+
+    def _mark_offline(self, args: dict[str, Any]) -> None:
+        ids = args.get("agentIds")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ServiceError("INVALID_ARGUMENT", f"agentIds: expected strings, got {ids!r}")
+        self.backend.mark_offline(ids)
+
+    def _list_with_presence(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        presence = {p["agentId"]: p for p in self.backend.list_presence()}
+        return [
+            {
+                **row,
+                "status": presence[row["id"]]["status"],
+                "lastHeartbeatAt": presence[row["id"]]["lastHeartbeatAt"],
+            }
+            for row in self.backend.list_agents()
+        ]
+
+    def _update_heartbeat(self, args: dict[str, Any]) -> None:
+        self.backend.record_heartbeats([_heartbeat(args)])
+
+
+def _config(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("id", "name", "sessionKey", "heartbeatIntervalMs", "updatedAt")}
+
+
+def _string(args: dict[str, Any], name: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str):
+        raise ServiceError("INVALID_ARGUMENT", f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def _heartbeat(beat: Any) -> Heartbeat:
+    if not isinstance(beat, dict):
+        raise ServiceError("INVALID_ARGUMENT", f"beat: expected an object, got {beat!r}")
+    try:
+        return Heartbeat(agent_id=beat.get("agentId"), at_ms=beat.get("atMs"))
+    except ValidationError as error:
+        raise ServiceError("INVALID_ARGUMENT", describe_validation_error(error)) from None

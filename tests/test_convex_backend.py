@@ -1,0 +1,177 @@
+"""The Convex adapter against a fake deployment on 127.0.0.1: mapping, errors, retries,
+and the service key kept out of every log line, error and repr."""
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from agent_runtime.errors import (
+    AgentNotFound,
+    BackendUnavailable,
+    FunctionError,
+    InvalidAgent,
+    ServiceKeyRejected,
+)
+from backend.convex import ConvexBackend
+from messages import Heartbeat
+from tests.conftest import SECRET
+from tests.fake_convex import FakeConvex
+
+
+def adapter(fake: FakeConvex, secret: str = SECRET, read_timeout_s: float = 2.0) -> ConvexBackend:
+    return ConvexBackend(
+        fake.url, SecretStr(secret), connect_timeout_s=1.0, read_timeout_s=read_timeout_s
+    )
+
+
+@pytest.fixture
+def convex(convex_deployment: FakeConvex) -> Iterator[ConvexBackend]:
+    backend = adapter(convex_deployment)
+    yield backend
+    backend.close()
+
+
+def calls_to(fake: FakeConvex, path: str) -> list[Any]:
+    return [r for r in fake.requests if r.path == path]
+
+
+def test_every_port_call_round_trips(convex: ConvexBackend) -> None:
+    version = convex.agents_version()
+    record = convex.create_agent("scout", 5000)
+    assert (record.name, record.heartbeat_interval_ms, record.session_key) == (
+        "scout",
+        5000,
+        f"agent:{record.id}",
+    )
+    assert convex.agents_version() != version
+    convex.record_heartbeats([Heartbeat(agent_id=record.id, at_ms=1_700_000_000_000)])
+    assert convex.list_presence() == [
+        {"agentId": record.id, "status": "online", "lastHeartbeatAt": 1_700_000_000_000}
+    ]
+    updated = convex.update_agent(record.id, heartbeat_interval_ms=1000, session_key="s2")
+    assert (updated.heartbeat_interval_ms, updated.session_key) == (1000, "s2")
+    (row,) = convex.list_agents()
+    assert row["id"] == record.id
+    assert row["heartbeatIntervalMs"] == 1000
+    convex.mark_offline([record.id])
+    assert convex.list_presence()[0]["status"] == "offline"
+    convex.remove_agent(record.id)
+    assert convex.list_agents() == []
+
+
+def test_every_request_carries_the_service_key_and_json_format(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    convex.list_agents()
+    convex.create_agent("a", 1000)
+    assert all(r.args.get("serviceKey") == SECRET for r in convex_deployment.requests)
+
+
+def test_coded_errors_map_to_typed_errors_without_retry(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    with pytest.raises(AgentNotFound, match="'nope'"):
+        convex.update_agent("nope", name="x")
+    with pytest.raises(AgentNotFound):
+        convex.remove_agent("nope")
+    with pytest.raises(InvalidAgent):
+        convex.create_agent("x", 0)
+    assert len(calls_to(convex_deployment, "service/agents:update")) == 1
+    assert len(calls_to(convex_deployment, "service/agents:create")) == 1
+
+
+def test_wrong_key_is_rejected_once_and_never_shown(
+    convex_deployment: FakeConvex, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = adapter(convex_deployment, secret="not-the-secret-xyz")
+    with pytest.raises(ServiceKeyRejected) as raised:
+        wrong.list_agents()
+    assert len(convex_deployment.requests) == 1
+    assert "AGENT_SECRET" in str(raised.value)
+    for text in (str(raised.value), repr(raised.value), repr(wrong), caplog.text):
+        assert "not-the-secret-xyz" not in text
+        assert SECRET not in text
+    wrong.close()
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "429", "malformed", "reset"])
+def test_queries_retry_server_and_transport_failures(
+    convex: ConvexBackend, convex_deployment: FakeConvex, fault: str
+) -> None:
+    convex_deployment.fail_next(fault, count=2)
+    assert convex.list_agents() == []
+    assert [r.fault for r in calls_to(convex_deployment, "service/agents:list")] == [
+        fault,
+        fault,
+        None,
+    ]
+
+
+def test_idempotent_mutation_retries_a_timeout(
+    convex_deployment: FakeConvex,
+) -> None:
+    convex = adapter(convex_deployment, read_timeout_s=0.3)
+    convex_deployment.hang_s = 2.0
+    convex_deployment.fail_next("timeout", path="service/presence:recordHeartbeats")
+    convex.record_heartbeats([Heartbeat(agent_id="a", at_ms=1)])
+    faults = [r.fault for r in calls_to(convex_deployment, "service/presence:recordHeartbeats")]
+    assert faults == ["timeout", None]
+    convex.close()
+
+
+@pytest.mark.parametrize("fault", ["500", "malformed", "reset"])
+def test_non_idempotent_mutation_is_not_retried_when_it_may_have_run(
+    convex: ConvexBackend, convex_deployment: FakeConvex, fault: str
+) -> None:
+    convex_deployment.fail_next(fault, path="service/agents:create")
+    with pytest.raises(BackendUnavailable):
+        convex.create_agent("once", 1000)
+    assert len(calls_to(convex_deployment, "service/agents:create")) == 1
+
+
+def test_non_idempotent_mutation_is_retried_when_refused_before_running(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    convex_deployment.fail_next("429", path="service/agents:create")
+    convex.create_agent("once", 1000)
+    assert [r.fault for r in calls_to(convex_deployment, "service/agents:create")] == ["429", None]
+    assert len(convex.list_agents()) == 1
+
+
+def test_retries_give_up_after_the_last_attempt(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    convex_deployment.fail_next("503", count=10)
+    with pytest.raises(BackendUnavailable, match="server error 503"):
+        convex.agents_version()
+    assert len(convex_deployment.requests) == 4
+
+
+def test_auth_rejection_by_the_platform_is_not_retried(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    convex_deployment.fail_next("unauthorized", count=3)
+    with pytest.raises(ServiceKeyRejected):
+        convex.list_agents()
+    assert len(convex_deployment.requests) == 1
+
+
+def test_unknown_function_is_a_function_error_not_retried(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    with pytest.raises(FunctionError, match="service/agents:nope"):
+        convex._call("query", "service/agents:nope", {}, idempotent=True)
+    assert len(convex_deployment.requests) == 1
+
+
+def test_unreachable_deployment_is_unavailable() -> None:
+    backend = ConvexBackend(
+        "http://127.0.0.1:9", SecretStr(SECRET), connect_timeout_s=0.2, read_timeout_s=0.2
+    )
+    with pytest.raises(BackendUnavailable, match="cannot connect"):
+        backend.list_agents()
+    backend.close()
