@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest convex-test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/agent-runtime run
 
-test: lint typecheck pytest
+test: lint typecheck pytest convex-test
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -27,8 +27,16 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
+# The reference Convex functions: the same contract vectors, with convex-test (vitest).
+convex/node_modules/.installed: convex/package.json convex/package-lock.json
+	cd convex && npm ci --no-audit --no-fund
+	touch $@
+
+convex-test: convex/node_modules/.installed
+	cd convex && npx vitest run && npm run typecheck
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/agents.py --agents 1000
 
 clean:
-	rm -rf $(VENV) .agent-runtime .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .agent-runtime .pytest_cache .mypy_cache .ruff_cache convex/node_modules

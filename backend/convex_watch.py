@@ -84,16 +84,15 @@ class AgentsWatcher:
     async def _watch(self) -> None:
         from convex import ConvexClient  # noqa: PLC0415 - installs a global tracing subscriber
 
+        # Dropping the client (when this returns or is cancelled) closes the connection;
+        # `unsubscribe()` after a cancel would subscribe again first.
         client = ConvexClient(self._url)
         subscription: Any = client.subscribe(
             VERSION_QUERY, {"serviceKey": self._secret.get_secret_value()}
         )
-        try:
-            async for _version in subscription:
-                self.updates += 1
-                self._on_change()
-        finally:
-            subscription.unsubscribe()
+        async for _version in subscription:
+            self.updates += 1
+            self._on_change()
         raise ConnectionError("the subscription ended")
 
     def _redact(self, error: BaseException) -> str:

@@ -13,8 +13,13 @@ Every function call goes to one test-supplied callable `call(kind, path, args)`.
 worker thread (Starlette's thread pool), so it may block. It may also run concurrently with itself
 and with code in the test thread, so guard shared test data with a lock where that matters.
 
-The server is uvicorn + Starlette in one daemon thread with its own asyncio loop. Frame formats and
-client rules are the ones in the project's Convex research notes (sections 1-3).
+The server is uvicorn + Starlette in one daemon thread with its own asyncio loop. `url` points at a
+tiny byte relay in a child process (stdlib only) that answers WebSocket handshakes itself: the
+official client's `subscribe()` holds the GIL until its WebSocket is open, so an in-process server
+could never answer it. Even so, the client's *blocking* calls (`query`, `mutation`, `action`, sync
+`next(subscription)`) hold the GIL until the answer comes, and the answer needs this process: from
+the test process, use only `subscribe()` + `async for` (others: HTTP, or another process).
+Frame formats and client rules are the ones in the project's Convex research notes (sections 1-3).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import math
 import secrets
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -66,6 +73,117 @@ _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
 _NOTIFY_TIMEOUT_S = 10.0
 _RESET_DISCONNECT_WAIT_S = 5.0
+
+
+# A byte relay, run in a child process, that owns the public port (`FakeConvex.url`).
+#
+# Why: `convex.ConvexClient` (0.8.1) runs `subscribe()` (and query/mutation/action) as a Rust
+# `block_on` that holds the GIL, and the first `subscribe()` waits until the WebSocket handshake is
+# done. An in-process server needs the GIL to answer that handshake, so a bare in-thread server
+# deadlocks the whole test process (`ConvexClient(url)` then `subscribe(...)`, exactly what
+# production code does). The relay answers the WebSocket handshake itself, at once, then forwards
+# the request to the in-process server and copies bytes both ways (the two handshakes negotiate no
+# extensions, so the frames are the same on both legs). Plain HTTP connections are copied as they
+# are. An RST from the server (the "reset" fault) is passed on as an RST.
+_RELAY_SOURCE = r"""
+import asyncio, base64, hashlib, os, socket, struct, sys, threading
+
+UPSTREAM_PORT, LISTEN_FD = int(sys.argv[1]), int(sys.argv[2])
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+LIMIT = 1 << 16
+
+
+def exit_with_parent():
+    sys.stdin.buffer.read()  # EOF: the parent closed the pipe (stop()) or died
+    os._exit(0)
+
+
+def reset(writer):
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    writer.transport.abort()
+
+
+async def copy(reader, writer):
+    try:
+        while data := await reader.read(LIMIT):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionResetError, ConnectionAbortedError):
+        return "reset"
+    except OSError:
+        return "error"
+    return "eof"
+
+
+async def handle(creader, cwriter):
+    uwriter = None
+    try:
+        try:
+            head = await creader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            return
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n")[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        upgrade = headers.get("upgrade", "").lower()
+        websocket = upgrade == "websocket" and "sec-websocket-key" in headers
+        if websocket:
+            key = headers["sec-websocket-key"].encode()
+            accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+            cwriter.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+            )
+            lines = head.split(b"\r\n")[:-2]
+            lines = [l for l in lines if not l.lower().startswith(b"sec-websocket-extensions:")]
+            head = b"\r\n".join(lines) + b"\r\n\r\n"
+        try:
+            ureader, uwriter = await asyncio.open_connection(
+                "127.0.0.1", UPSTREAM_PORT, limit=LIMIT
+            )
+        except OSError:
+            reset(cwriter)
+            return
+        uwriter.write(head)
+        if websocket:
+            try:
+                answer = await ureader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+                return
+            if not answer.startswith(b"HTTP/1.1 101"):
+                return
+        to_client = asyncio.ensure_future(copy(ureader, cwriter))
+        to_server = asyncio.ensure_future(copy(creader, uwriter))
+        await asyncio.wait({to_client, to_server}, return_when=asyncio.FIRST_COMPLETED)
+        if to_client.done() and to_client.result() == "reset":
+            reset(cwriter)
+        to_client.cancel()
+        to_server.cancel()
+    finally:
+        for writer in (cwriter, uwriter):
+            if writer is not None and not writer.transport.is_closing():
+                writer.close()
+
+
+async def main():
+    sock = socket.socket(fileno=LISTEN_FD)
+    server = await asyncio.start_server(handle, sock=sock, limit=LIMIT)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    async with server:
+        await server.serve_forever()
+
+
+threading.Thread(target=exit_with_parent, daemon=True).start()
+asyncio.run(main())
+"""
 
 
 class ServiceError(Exception):
@@ -156,6 +274,34 @@ def to_convex_json(value: Any) -> Any:  # noqa: PLR0911
     if isinstance(value, list | tuple):
         return [to_convex_json(item) for item in value]
     raise TypeError(f"not a Convex JSON value: {type(value).__name__}")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, whose main loop ends as soon as `stop()` sets the fake's stopping event
+    (uvicorn itself polls `should_exit` every 0.1 s)."""
+
+    def __init__(self, config: uvicorn.Config, fake: FakeConvex) -> None:
+        super().__init__(config)
+        self._fake = fake
+
+    async def main_loop(self) -> None:
+        stopping = self._fake._stopping  # set by the lifespan startup, which ran already
+        while not await self.on_tick(0):  # on_tick(0) refreshes the Date header, checks should_exit
+            if stopping is None:
+                await asyncio.sleep(0.1)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 1.0)
+            if stopping.is_set():
+                return
+
+
+def _bound_socket() -> socket.socket:
+    """A listening TCP socket on 127.0.0.1 on a free port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
 
 
 def _request_id() -> str:
@@ -277,6 +423,7 @@ class FakeConvex:
         self._transports: dict[tuple[str, int], asyncio.Transport] = {}
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._relay: subprocess.Popen[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread_id: int | None = None
         self._stopping: asyncio.Event | None = None
@@ -284,16 +431,35 @@ class FakeConvex:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeConvex:
-        """Serve on 127.0.0.1, on a free port, in a daemon thread; return once it accepts.
+        """Serve on 127.0.0.1, on a free port; return once it accepts connections.
 
-        The port is bound here (port 0) and the socket is handed to uvicorn: no race for the port.
+        uvicorn + Starlette run in a daemon thread on a socket bound here (port 0) and handed to
+        uvicorn. `url` is the port of a small relay process in front of it (see `_RELAY_SOURCE`:
+        it answers WebSocket handshakes without this process's GIL, which `ConvexClient` needs).
         """
         if self._server is not None:
             raise RuntimeError("FakeConvex already started")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        port = sock.getsockname()[1]
+        inner = _bound_socket()
+        inner_port = inner.getsockname()[1]
+        public = _bound_socket()
+        port = public.getsockname()[1]
+        # The relay starts first (it reaches uvicorn only per connection): the startups overlap.
+        relay = subprocess.Popen(
+            [
+                sys.executable,
+                "-I",
+                "-S",
+                "-c",
+                _RELAY_SOURCE,
+                str(inner_port),
+                str(public.fileno()),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=(public.fileno(),),
+        )
+        public.close()  # the relay owns it now; once the relay exits, connections are refused
+        self._relay = relay
         config = uvicorn.Config(
             self._build_app(),
             http=self._protocol_class(),
@@ -306,43 +472,60 @@ class FakeConvex:
             access_log=False,
             timeout_graceful_shutdown=3,
         )
-        server = uvicorn.Server(config)
+        server = _Server(config, self)
         thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"fake-convex-{port}", daemon=True
+            target=server.run,
+            kwargs={"sockets": [inner]},
+            name=f"fake-convex-{inner_port}",
+            daemon=True,
         )
         self._server, self._thread = server, thread
         thread.start()
         ready = threading.Event()
-        deadline_waits = int(_START_TIMEOUT_S / 0.01)
-        for _ in range(deadline_waits):
+        for _ in range(int(_START_TIMEOUT_S / 0.01)):
             if server.started:
                 break
             if not thread.is_alive():
+                self.stop()
                 raise RuntimeError("FakeConvex server thread died during startup")
             ready.wait(0.01)
         else:
+            self.stop()
             raise RuntimeError(f"FakeConvex did not start within {_START_TIMEOUT_S} s")
+        assert relay.stdout is not None
+        if relay.stdout.readline() != b"ready\n":
+            self.stop()
+            raise RuntimeError("FakeConvex relay process failed to start")
         self.url = f"http://127.0.0.1:{port}"
         return self
 
     def stop(self) -> None:
-        """Stop serving and join the server thread. Idempotent.
+        """Stop serving, join the server thread and end the relay process. Idempotent.
 
         Ends hanging "timeout" requests and closes WebSockets (close code 1012). Safe to call while
         clients are connected, stalled, or already dropped.
         """
         server, thread, loop, stopping = self._server, self._thread, self._loop, self._stopping
-        if server is None or thread is None:
-            return
-        if loop is not None and stopping is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(stopping.set)
-        server.should_exit = True
-        thread.join(_STOP_TIMEOUT_S)
-        if thread.is_alive():
-            server.force_exit = True
+        if server is not None and thread is not None:
+            if loop is not None and stopping is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(stopping.set)
+            server.should_exit = True
             thread.join(_STOP_TIMEOUT_S)
+            if thread.is_alive():
+                server.force_exit = True
+                thread.join(_STOP_TIMEOUT_S)
         self._server = self._thread = None
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            for pipe in (relay.stdin, relay.stdout):
+                if pipe is not None:
+                    pipe.close()  # stdin EOF makes the relay exit
+            try:
+                relay.wait(_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+                relay.wait(_STOP_TIMEOUT_S)
 
     def __enter__(self) -> FakeConvex:
         return self.start()

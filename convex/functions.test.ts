@@ -1,0 +1,116 @@
+/**
+ * What the vectors cannot see through the public API: presence is deleted with its
+ * agent, heartbeats never write `agents`, and a few argument edge cases.
+ */
+import { ConvexError } from "convex/values";
+import { afterEach, beforeEach, expect, test, vi } from "vitest";
+import { call, newBackend, type Backend } from "./testing";
+
+const serviceKey = "contract-secret";
+let t: Backend;
+
+beforeEach(() => {
+  vi.stubEnv("AGENT_SECRET", serviceKey);
+  t = newBackend();
+});
+afterEach(() => {
+  vi.unstubAllEnvs();
+});
+
+async function createAgent(name: string): Promise<string> {
+  const agent = (await call(t, "mutation", "service/agents:create", {
+    serviceKey,
+    name,
+    heartbeatIntervalMs: 5000,
+  })) as { id: string };
+  return agent.id;
+}
+
+async function codeOf(promise: Promise<unknown>): Promise<unknown> {
+  const error = await promise.then(
+    () => expect.fail("expected a rejection"),
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(ConvexError);
+  return (error as ConvexError<{ code: string }>).data.code;
+}
+
+test("remove deletes the agent's presence document", async () => {
+  const a = await createAgent("a");
+  await createAgent("b");
+  await call(t, "mutation", "service/agents:remove", { serviceKey, agentId: a });
+  const presence = await t.run((ctx) => ctx.db.query("presence").collect());
+  expect(presence.map((row) => row.agentId)).not.toContain(a);
+  expect(presence).toHaveLength(1);
+});
+
+test("heartbeats and markOffline never write the agents table", async () => {
+  const a = await createAgent("a");
+  const before = await t.run((ctx) => ctx.db.query("agents").collect());
+  const beats = [{ agentId: a, atMs: 10 }];
+  await call(t, "mutation", "service/presence:recordHeartbeats", { serviceKey, beats });
+  await call(t, "mutation", "service/presence:markOffline", { serviceKey, agentIds: [a] });
+  await call(t, "action", "service/actions:updateAgentHeartbeat", {
+    serviceKey,
+    agentId: a,
+    atMs: 20,
+  });
+  expect(await t.run((ctx) => ctx.db.query("agents").collect())).toEqual(before);
+});
+
+test("a heartbeat for a removed agent (a well-formed id) is ignored", async () => {
+  const a = await createAgent("a");
+  await call(t, "mutation", "service/agents:remove", { serviceKey, agentId: a });
+  const beats = [{ agentId: a, atMs: 10 }];
+  await call(t, "mutation", "service/presence:recordHeartbeats", { serviceKey, beats });
+  await call(t, "mutation", "service/presence:markOffline", { serviceKey, agentIds: [a] });
+  expect(await t.run((ctx) => ctx.db.query("presence").collect())).toEqual([]);
+  expect(
+    await codeOf(
+      call(t, "mutation", "service/agents:update", { serviceKey, agentId: a, name: "x" }),
+    ),
+  ).toBe("NOT_FOUND");
+});
+
+test("unknown arguments, null for optional fields and non-string ids are INVALID_ARGUMENT", async () => {
+  const a = await createAgent("a");
+  const cases: [string, Record<string, unknown>][] = [
+    ["service/agents:create", { name: "x", heartbeatIntervalMs: 5000, colour: "red" }],
+    ["service/agents:create", { name: "x", heartbeatIntervalMs: 5000, sessionKey: null }],
+    ["service/agents:update", { agentId: a, name: null }],
+    ["service/agents:update", { agentId: 7, name: "x" }],
+    ["service/agents:update", { name: "x" }],
+    ["service/agents:remove", { agentId: null }],
+    ["service/presence:recordHeartbeats", { beats: [{ agentId: a, atMs: 1, extra: 1 }] }],
+    ["service/presence:recordHeartbeats", { beats: [null] }],
+    ["service/presence:markOffline", { agentIds: "all" }],
+  ];
+  for (const [path, args] of cases) {
+    expect(await codeOf(call(t, "mutation", path, { serviceKey, ...args })), path).toBe(
+      "INVALID_ARGUMENT",
+    );
+  }
+  expect(await codeOf(call(t, "query", "service/agents:list", { serviceKey, x: 1 }))).toBe(
+    "INVALID_ARGUMENT",
+  );
+});
+
+test("a bad key wins over bad arguments", async () => {
+  const args = { serviceKey: "wrong", name: 7, heartbeatIntervalMs: "x", colour: "red" };
+  expect(await codeOf(call(t, "mutation", "service/agents:create", args))).toBe("UNAUTHORIZED");
+});
+
+test("update without changes still sets updatedAt and moves the version", async () => {
+  const a = await createAgent("a");
+  const v1 = await call(t, "query", "service/agents:version", { serviceKey });
+  await call(t, "mutation", "service/agents:update", { serviceKey, agentId: a });
+  expect(await call(t, "query", "service/agents:version", { serviceKey })).not.toBe(v1);
+});
+
+test("a failed mutation changes nothing, not even the version", async () => {
+  await createAgent("a");
+  const v1 = await call(t, "query", "service/agents:version", { serviceKey });
+  const args = { serviceKey, name: "x", heartbeatIntervalMs: 0 };
+  expect(await codeOf(call(t, "mutation", "service/agents:create", args))).toBe("INVALID_ARGUMENT");
+  expect(await call(t, "query", "service/agents:version", { serviceKey })).toBe(v1);
+});
