@@ -1,11 +1,12 @@
 """/health reads the status board: ok or degraded, per-agent rows, no secrets."""
 
+import socket
 from pathlib import Path
 
 import pytest
 
 from agent_runtime.config import Settings
-from agent_runtime.http import health
+from agent_runtime.http import HttpServer, health
 from agent_runtime.status import StatusBoard
 from messages import AgentRecord, HeartbeatStatus, RunningAgent, SyncStatus
 
@@ -100,3 +101,15 @@ def test_role_without_agents_is_ok_with_an_idle_sync_section() -> None:
     assert doc["status"] == "ok"
     assert doc["agentSync"]["running"] is False
     assert doc["agents"] == []
+
+
+def test_http_server_answers_kept_alive_connections_without_nagle_delay() -> None:
+    # asyncio sets TCP_NODELAY only on proto=IPPROTO_TCP sockets; without it on the
+    # listening socket, every keep-alive answer waited ~40 ms for a delayed ACK.
+    server = HttpServer(
+        Settings(AGENT_ROLE="core", WORKER_ID="w", HOST="127.0.0.1", PORT=0), StatusBoard(), 0.0
+    )
+    try:
+        assert server._socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        server._socket.close()
