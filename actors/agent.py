@@ -59,18 +59,11 @@ class AgentActor(Supervised, PooledActor):
     ) -> None:
         super().__init__(supervisor=supervisor, child_id=record.id, dispatcher=dispatcher)
         self.record = record
-        self._scheduler = scheduler
         self._heartbeat_writer = heartbeat_writer
         self._first_heartbeat_delay_s = first_heartbeat_delay_s
         self._session: AgentSession | None = None
-        self._timers: Timers | None = None
+        self.timers = Timers(scheduler, self.actor_ref)
         self._last_beat_s: float | None = None
-
-    @property
-    def timers(self) -> Timers:
-        """The actor's timers (exist once the actor has started)."""
-        assert self._timers is not None
-        return self._timers
 
     def enter(self) -> None:
         threading.current_thread().name = thread_name(self.record)
@@ -80,7 +73,6 @@ class AgentActor(Supervised, PooledActor):
         logs.unbind_agent()
 
     def started(self) -> None:
-        self._timers = Timers(self._scheduler, self.actor_ref)
         self._session = AgentSession(self.record.session_key)
         self.timers.start_periodic(
             HEARTBEAT_TIMER,
@@ -135,8 +127,7 @@ class AgentActor(Supervised, PooledActor):
         logger.debug("record updated")
 
     def cleanup(self, crashed: bool) -> None:
-        if self._timers is not None:
-            self._timers.cancel_all()
+        self.timers.cancel_all()
         if self._session is not None:
             self._session.close()
             self._session = None

@@ -50,9 +50,8 @@ class HeartbeatWriter(SupervisedActor):
     ) -> None:
         super().__init__(supervisor=supervisor, child_id="heartbeat_writer")
         self._backend = backend
-        self._scheduler = scheduler
         self._board = status_board
-        self._timers: Timers | None = None
+        self.timers = Timers(scheduler, self.actor_ref)
         self._pending: dict[str, Heartbeat] = {}
         self._pending_offline: set[str] = set()
         self._last_written_at: dict[str, int] = {}
@@ -61,14 +60,7 @@ class HeartbeatWriter(SupervisedActor):
         self._last_flush_at: int | None = None
         self._last_error: str | None = None
 
-    @property
-    def timers(self) -> Timers:
-        """The actor's timers (exist once the actor has started)."""
-        assert self._timers is not None
-        return self._timers
-
     def started(self) -> None:
-        self._timers = Timers(self._scheduler, self.actor_ref)
         self._publish()
 
     def on_receive(self, message: Any) -> Any:
@@ -169,7 +161,6 @@ class HeartbeatWriter(SupervisedActor):
         )
 
     def cleanup(self, crashed: bool) -> None:
-        if self._timers is not None:
-            self._timers.cancel_all()
+        self.timers.cancel_all()
         if not crashed:
             self._flush()  # last chance: the process is stopping

@@ -81,7 +81,7 @@ class Runtime(pykka.ThreadingActor):
         self._board = status_board
         self._on_fatal = on_fatal
         self._scheduler = scheduler or Scheduler()
-        self._timers: Timers | None = None
+        self._timers = Timers(self._scheduler, self.actor_ref)
         self._dispatcher: Dispatcher | None = None
         self._watch: Watch | None = None
         self._intensity = RestartIntensity(*options.intensity)
@@ -99,7 +99,6 @@ class Runtime(pykka.ThreadingActor):
     def on_start(self) -> None:
         threading.current_thread().name = "Runtime"
         self._scheduler.start()
-        self._timers = Timers(self._scheduler, self.actor_ref)
         if self._options.runs_agents:
             self._dispatcher = Dispatcher("agents", AGENT_DISPATCHER_THREADS)
             self._watch = self._backend.watch_agents(self._agents_changed)
@@ -151,7 +150,6 @@ class Runtime(pykka.ThreadingActor):
                 with contextlib.suppress(pykka.ActorDeadError):
                     self.sync.tell(RequestSync(reason="subscription"))
         elif isinstance(message, TimerFired):
-            assert self._timers is not None
             if self._timers.accept(message) and message.key == RESTART_TIMER:
                 self._restart_pending = False
                 self._start_children()
@@ -183,12 +181,10 @@ class Runtime(pykka.ThreadingActor):
         )
         self._stop_children()  # one_for_all
         self._restart_pending = True
-        assert self._timers is not None
         self._timers.start_single(RESTART_TIMER, delay_s)
 
     def on_stop(self) -> None:
-        if self._timers is not None:
-            self._timers.cancel_all()
+        self._timers.cancel_all()
         self._stop_children()
         self._stop_threads()
 

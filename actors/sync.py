@@ -196,7 +196,7 @@ class SyncActor(SupervisedActor):
         self._sync_interval_s = sync_interval_s
         self._polls_changes = poll_change_signal
         self._backoff = backoff
-        self._timers: Timers | None = None
+        self.timers = Timers(scheduler, self.actor_ref)
         self._agents: dict[str, _Agent] = {}
         self._rejections: dict[str, str] = {}
         self._records = RecordCache()
@@ -208,14 +208,7 @@ class SyncActor(SupervisedActor):
         self._failed_syncs = 0
         self._counts = {"added": 0, "removed": 0, "updated": 0}
 
-    @property
-    def timers(self) -> Timers:
-        """The actor's timers (exist once the actor has started)."""
-        assert self._timers is not None
-        return self._timers
-
     def started(self) -> None:
-        self._timers = Timers(self._scheduler, self.actor_ref)
         self.timers.start_periodic(SYNC_TIMER, self._sync_interval_s)
         if self._polls_changes:  # else the backend pushes changes (RequestSync)
             self.timers.start_periodic(CHANGE_POLL_TIMER, CHANGE_POLL_INTERVAL_S)
@@ -440,8 +433,7 @@ class SyncActor(SupervisedActor):
         )
 
     def cleanup(self, crashed: bool) -> None:
-        if self._timers is not None:
-            self._timers.cancel_all()
+        self.timers.cancel_all()
         agent_ids = list(self._agents)
         if crashed:
             # The restarted SyncActor brings them back at once: do not flap them offline.
