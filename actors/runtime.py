@@ -87,7 +87,8 @@ class Runtime(pykka.ThreadingActor):
         self._intensity = RestartIntensity(*options.intensity)
         self._consecutive_failures = 0
         self._last_start_s = 0.0
-        self._restart_pending = False
+        self._restart_cause: str | None = None
+        """The child whose crash the pending restart answers, if one is pending."""
         self.writer: pykka.ActorRef[HeartbeatWriter] | None = None
         self.sync: pykka.ActorRef[SyncActor] | None = None
 
@@ -140,7 +141,7 @@ class Runtime(pykka.ThreadingActor):
             try:
                 ref.stop(timeout=CHILD_STOP_TIMEOUT_S)
             except pykka.Timeout:
-                logger.error("%s did not stop within %.0f s", name, CHILD_STOP_TIMEOUT_S)
+                logger.error("%s did not stop within %.1f s", ref, CHILD_STOP_TIMEOUT_S)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ChildFailed):
@@ -151,13 +152,19 @@ class Runtime(pykka.ThreadingActor):
                     self.sync.tell(RequestSync(reason="subscription"))
         elif isinstance(message, TimerFired):
             if self._timers.accept(message) and message.key == RESTART_TIMER:
-                self._restart_pending = False
-                self._start_children()
+                self._restart()
         else:
             super().on_receive(message)
 
+    def _restart(self) -> None:
+        assert self._restart_cause is not None
+        metrics.RESTARTS.labels(actor=self._restart_cause).inc()
+        self._board.count_restart(self._restart_cause)  # counted when it really happens
+        self._restart_cause = None
+        self._start_children()
+
     def _child_failed(self, failure: ChildFailed) -> None:
-        if self._restart_pending:
+        if self._restart_cause is not None:
             return  # the other child's failure already scheduled the restart
         now_s = monotonic_s()
         if not self._intensity.allow(now_s):
@@ -174,13 +181,11 @@ class Runtime(pykka.ThreadingActor):
             self._consecutive_failures = 0
         delay_s = self._options.backoff.delay_s(self._consecutive_failures)
         self._consecutive_failures += 1
-        metrics.RESTARTS.labels(actor=failure.child_id).inc()
-        self._board.count_restart(failure.child_id)
         logger.error(
             "%s crashed: %s; restarting in %.2f s", failure.child_id, failure.error, delay_s
         )
         self._stop_children()  # one_for_all
-        self._restart_pending = True
+        self._restart_cause = failure.child_id
         self._timers.start_single(RESTART_TIMER, delay_s)
 
     def on_stop(self) -> None:

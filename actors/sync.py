@@ -1,7 +1,8 @@
 """SyncActor: keeps the running AgentActors equal to the backend's agent list.
 
-One sync at start, then every AGENT_SYNC_INTERVAL and whenever the backend's change
-signal moves (polled every CHANGE_POLL_INTERVAL_S); requests are coalesced and syncs
+One sync at start, then every AGENT_SYNC_INTERVAL and whenever agents change: the
+backend's change signal is polled every CHANGE_POLL_INTERVAL_S, unless the backend pushes
+changes (a Convex subscription, forwarded as RequestSync); requests are coalesced and syncs
 never overlap (they run in this actor's thread). The SyncActor supervises its agents:
 a crashed AgentActor is restarted with backoff, forever.
 """

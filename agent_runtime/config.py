@@ -168,7 +168,7 @@ _ROLE_ALL_IN_PRODUCTION = (
 )
 _CONVEX_NEEDS_KEY = (
     "AGENT_SECRET is required when CONVEX_URL is set: expected the same value as the"
-    " deployment's AGENT_SECRET (npx convex env set AGENT_SECRET ...)"
+    " deployment's AGENT_SECRET (npx convex env set AGENT_SECRET ... --prod)"
 )
 
 

@@ -94,20 +94,19 @@ def _backend_checks(settings: Settings, backend: Backend) -> list[Check]:
                 "service key",
                 False,
                 "the deployment refused AGENT_SECRET; fix: set AGENT_SECRET to the value of"
-                " `npx convex env get AGENT_SECRET` (and set one there if it has none)",
+                " `npx convex env get AGENT_SECRET --prod` (and set one there if it has none)",
             ),
         ]
     except BackendUnavailable as error:
         fix = "check CONVEX_URL and the network" if convex else "check LOCAL_DB_PATH"
         return [Check("backend", False, f"{error}; fix: {fix}")]
     except BackendError as error:
-        return [
-            Check(
-                "backend",
-                False,
-                f"{error}; fix: deploy the reference functions (cd convex && npx convex deploy)",
-            )
-        ]
+        fix = (
+            "deploy the reference functions (cd convex && npx convex deploy)"
+            if convex
+            else "check that LOCAL_DB_PATH is a readable, writable SQLite file"
+        )
+        return [Check("backend", False, f"{error}; fix: {fix}")]
     elapsed_ms = (monotonic_s() - started_s) * 1000
     checks = [Check("backend", True, f"answered in {elapsed_ms:.0f} ms (agents version {version})")]
     if convex:

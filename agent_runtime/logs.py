@@ -85,3 +85,6 @@ def configure(level: str, log_format: str, debug_agent_ids: Iterable[str] = ()) 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug_ids else threshold)
+    # httpx logs every request at INFO: with Convex that is several lines a second of
+    # routine calls. Failures reach the log through the runtime's own messages.
+    logging.getLogger("httpx").setLevel(max(threshold, logging.WARNING))

@@ -75,13 +75,13 @@ def run(settings: Settings) -> int:
         on_fatal=on_fatal,
     )
     logger.info(
-        "agent-runtime %s started: role=%s worker=%s http=http://%s:%d backend=local:%s",
+        "agent-runtime %s started: role=%s worker=%s http=http://%s:%d backend=%s",
         __version__,
         settings.role,
         settings.worker_id,
         settings.host,
         http.port,
-        settings.local_db_path,
+        backend,
     )
     stopping.wait()
 

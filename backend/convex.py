@@ -62,7 +62,7 @@ class ConvexBackend(Backend):
         )
 
     def __repr__(self) -> str:
-        return f"ConvexBackend(url={self.url!r})"
+        return f"convex:{self.url}"
 
     # --- the port ---------------------------------------------------------------------
 
@@ -181,7 +181,7 @@ def _function_failure(where: str, answer: dict[str, Any]) -> Exception:
         if code == "UNAUTHORIZED":
             return ServiceKeyRejected(
                 f"{where}: the deployment refused the service key; AGENT_SECRET must equal"
-                " the deployment's AGENT_SECRET (npx convex env set AGENT_SECRET ...)"
+                " the deployment's AGENT_SECRET (npx convex env set AGENT_SECRET ... --prod)"
             )
         if code == "INVALID_ARGUMENT":
             return InvalidAgent(message)

@@ -41,7 +41,7 @@ class AgentsWatcher:
         self._task: asyncio.Task[None] | None = None
         self._thread = threading.Thread(target=self._run, name="ConvexWatcher", daemon=True)
         self.updates = 0
-        """Values received so far (for /health and tests)."""
+        """Values received so far."""
 
     def start(self) -> None:
         """Start watching in the background."""

@@ -119,6 +119,9 @@ class LocalBackend(Backend):
             except sqlite3.Error as error:
                 raise self._storage_error(error) from None
 
+    def __repr__(self) -> str:
+        return f"local:{self.path}"
+
     def _storage_error(self, error: sqlite3.Error) -> BackendError:
         return BackendError(f"local database {str(self.path)!r}: {error}")
 

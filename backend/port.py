@@ -1,7 +1,8 @@
 """The backend port: every call the runtime makes to the system that stores its state.
 
-Adapters: `backend.local` (SQLite, embedded) and, later, Convex over HTTP. Semantics are
-the contract; an adapter only maps them onto its storage. Every method may raise
+Adapters: `backend.local` (SQLite, embedded) and `backend.convex` (Convex's HTTP API).
+Semantics are the contract (contract/README.md); an adapter only maps them onto its
+storage. Every method may raise
 `BackendError`; callers log it and retry later, and nothing is lost by a failed call.
 """
 
