@@ -194,13 +194,19 @@ class Runtime(pykka.ThreadingActor):
         self._stop_threads()
 
     def _stop_threads(self) -> None:
-        if self._watch is not None:
-            self._watch.stop(THREAD_STOP_TIMEOUT_S)
-        if self._dispatcher is not None:
-            self._dispatcher.shutdown(THREAD_STOP_TIMEOUT_S)
-        self._scheduler.stop(THREAD_STOP_TIMEOUT_S)
+        try:
+            if self._watch is not None:
+                self._watch.stop(THREAD_STOP_TIMEOUT_S)
+        finally:
+            try:
+                if self._dispatcher is not None:
+                    self._dispatcher.shutdown(THREAD_STOP_TIMEOUT_S)
+            finally:
+                self._scheduler.stop(THREAD_STOP_TIMEOUT_S)
 
     def on_failure(self, *_exc_info: Any) -> None:
-        self._stop_children()
-        self._stop_threads()
-        self._on_fatal("the runtime's root actor crashed")
+        try:
+            self._stop_children()
+            self._stop_threads()
+        finally:
+            self._on_fatal("the runtime's root actor crashed")

@@ -219,7 +219,7 @@ class SyncActor(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, TimerFired):
             if self.timers.accept(message):
-                self._on_timer(message.key)
+                self._on_timer(message)
         elif isinstance(message, RequestSync):
             self._request(message.reason)
         elif isinstance(message, RunSync):
@@ -233,13 +233,17 @@ class SyncActor(SupervisedActor):
             super().on_receive(message)
         return None
 
-    def _on_timer(self, key: str) -> None:
+    def _on_timer(self, tick: TimerFired) -> None:
+        key = tick.key
         if key == SYNC_TIMER:
             self._request("interval")
         elif key == SYNC_RETRY_TIMER:
             self._request("retry")
         elif key == CHANGE_POLL_TIMER:
-            self._poll_change_signal()
+            # Ticks queue up while a slow backend call blocks this actor; only a fresh
+            # one is worth a backend read.
+            if monotonic_s() - tick.due_s <= CHANGE_POLL_INTERVAL_S:
+                self._poll_change_signal()
         elif key.startswith(RESTART_TIMER_PREFIX):
             self._restart(key.removeprefix(RESTART_TIMER_PREFIX))
 

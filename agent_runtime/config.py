@@ -95,12 +95,12 @@ class Settings(BaseSettings):
         Field(alias="CONVEX_READ_TIMEOUT_MS", gt=0, description="whole milliseconds > 0"),
     ] = DEFAULT_CONVEX_READ_TIMEOUT_MS
     agent_sync_mode: Annotated[
-        Literal["poll", "subscribe"] | None,
+        Literal["poll", "subscribe"],
         Field(
             alias="AGENT_SYNC_MODE",
             description="poll or subscribe (subscribe needs CONVEX_URL)",
         ),
-    ] = None
+    ] = "poll"
     agent_debug: Annotated[
         frozenset[str],
         NoDecode,
@@ -158,8 +158,12 @@ class Settings(BaseSettings):
 
     @property
     def subscribes(self) -> bool:
-        """Whether agent changes are pushed (Convex subscription) rather than polled."""
-        return self.convex_url is not None and self.agent_sync_mode != "poll"
+        """Whether agent changes are pushed (Convex subscription) rather than polled.
+
+        Off unless asked for: the official client's `subscribe()` holds the GIL until its
+        WebSocket handshake completes, so a peer that accepts TCP and never answers the
+        handshake froze the whole process (measured; see docs/convex.md)."""
+        return self.agent_sync_mode == "subscribe"
 
 
 _ROLE_ALL_IN_PRODUCTION = (

@@ -10,7 +10,7 @@ The WebSocket `ConvexClient` is deliberately not used for calls: its blocking ca
 the GIL for their whole duration and have no timeout (see DESIGN.md).
 """
 
-import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +35,9 @@ from messages.agent import parse_agent_row
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 10.0
 
+CLIENT_VERSION = __version__ if re.fullmatch(r"\d+\.\d+\.\d+", __version__) else "0.0.0"
+"""Convex refuses a `Convex-Client` header whose version is not semver (400)."""
+
 UDF_FAILED_STATUS = 560
 """Older deployments answer a failed function with this status instead of 200."""
 
@@ -58,7 +61,7 @@ class ConvexBackend(Backend):
         self._http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            headers={"Convex-Client": f"agent-runtime-{__version__}"},
+            headers={"Convex-Client": f"agent-runtime-{CLIENT_VERSION}"},
         )
 
     def __repr__(self) -> str:
@@ -70,7 +73,9 @@ class ConvexBackend(Backend):
         return _rows(self._call("query", "service/agents:list", {}, idempotent=True))
 
     def agents_version(self) -> str:
-        return str(self._call("query", "service/agents:version", {}, idempotent=True))
+        # One attempt, no retries: the change signal is polled, the next poll is the retry.
+        path = "service/agents:version"
+        return str(self._post("query", path, self._body(path, {})))
 
     def list_presence(self) -> list[dict[str, Any]]:
         return _rows(self._call("query", "service/presence:list", {}, idempotent=True))
@@ -137,12 +142,15 @@ class ConvexBackend(Backend):
     # --- the HTTP API -------------------------------------------------------------------
 
     def _call(self, kind: str, path: str, args: dict[str, Any], *, idempotent: bool) -> Any:
-        body = {
+        body = self._body(path, args)
+        return call_with_retries(lambda: self._post(kind, path, body), idempotent=idempotent)
+
+    def _body(self, path: str, args: dict[str, Any]) -> dict[str, Any]:
+        return {
             "path": path,
             "args": convex_to_json({**args, "serviceKey": self._secret.get_secret_value()}),
             "format": "json",
         }
-        return call_with_retries(lambda: self._post(kind, path, body), idempotent=idempotent)
 
     def _post(self, kind: str, path: str, body: dict[str, Any]) -> Any:
         where = f"Convex {kind} {path} at {self.url}"
@@ -152,32 +160,42 @@ class ConvexBackend(Backend):
             raise Unavailable(f"{where}: cannot connect: {error!r}", may_have_run=False) from None
         except httpx.TimeoutException:
             raise Unavailable(f"{where}: no answer in time", may_have_run=True) from None
-        except httpx.TransportError as error:
-            raise Unavailable(f"{where}: connection failed: {error!r}", may_have_run=True) from None
+        except httpx.HTTPError as error:  # transport failures, undecodable bodies
+            raise Unavailable(
+                f"{where}: connection failed: {self._redact(repr(error))}", may_have_run=True
+            ) from None
         status = response.status_code
         if status == 429:
             raise Unavailable(f"{where}: rate limited (429)", may_have_run=False)
         if status >= 500 and status != UDF_FAILED_STATUS:
             raise Unavailable(f"{where}: server error {status}", may_have_run=True)
         if status in (401, 403):
-            raise ServiceKeyRejected(f"{where}: refused ({status}): {_error_text(response)}")
+            text = self._redact(_error_text(response))
+            raise ServiceKeyRejected(f"{where}: refused ({status}): {text}")
         if status not in (200, UDF_FAILED_STATUS):
-            raise FunctionError(f"{where}: bad request ({status}): {_error_text(response)}")
+            text = self._redact(_error_text(response))
+            raise FunctionError(f"{where}: bad request ({status}): {text}")
         try:
             answer = response.json()
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not even UTF-8
             raise Unavailable(f"{where}: unreadable answer", may_have_run=True) from None
         if not isinstance(answer, dict) or answer.get("status") not in ("success", "error"):
             raise Unavailable(f"{where}: unexpected answer shape", may_have_run=True)
         if answer["status"] == "success":
             return answer.get("value")
-        raise _function_failure(where, answer)
+        raise _function_failure(where, answer, self._redact)
+
+    def _redact(self, text: str) -> str:
+        # Server text can echo the request; the service key must never reach a message.
+        return text.replace(self._secret.get_secret_value(), "***")
 
 
-def _function_failure(where: str, answer: dict[str, Any]) -> Exception:
+def _function_failure(
+    where: str, answer: dict[str, Any], redact: Callable[[str], str]
+) -> Exception:
     data = answer.get("errorData")
     if isinstance(data, dict) and isinstance(data.get("code"), str):
-        code, message = data["code"], str(data.get("message", ""))
+        code, message = data["code"], redact(str(data.get("message", "")))
         if code == "UNAUTHORIZED":
             return ServiceKeyRejected(
                 f"{where}: the deployment refused the service key; AGENT_SECRET must equal"
@@ -186,14 +204,14 @@ def _function_failure(where: str, answer: dict[str, Any]) -> Exception:
         if code == "INVALID_ARGUMENT":
             return InvalidAgent(message)
         return ApplicationError(code, message)
-    first_line = str(answer.get("errorMessage", "")).split("\n")[:2]
-    return FunctionError(f"{where}: function failed: {' '.join(first_line).strip()}")
+    first_lines = " ".join(str(answer.get("errorMessage", "")).split("\n")[:2]).strip()
+    return FunctionError(f"{where}: function failed: {redact(first_lines)}")
 
 
 def _error_text(response: httpx.Response) -> str:
     try:
         body = response.json()
-    except json.JSONDecodeError:
+    except ValueError:
         return response.text[:200]
     if isinstance(body, dict) and "message" in body:
         return f"{body.get('code', '')}: {body['message']}"

@@ -8,6 +8,7 @@ subscription fails it is restarted with backoff; the timed sync carries on meanw
 """
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -48,11 +49,13 @@ class AgentsWatcher:
         self._thread.start()
 
     def stop(self, timeout_s: float = 1.0) -> None:
-        """Stop watching; waits up to `timeout_s` for the thread."""
+        """Stop watching; waits up to `timeout_s` for the thread. Safe at any point,
+        including during a backoff wait between subscriptions."""
         self._stopping.set()
         loop, task = self._loop, self._task
         if loop is not None and task is not None:
-            loop.call_soon_threadsafe(task.cancel)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(task.cancel)
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
@@ -62,8 +65,9 @@ class AgentsWatcher:
             try:
                 asyncio.run(self._main())
             except Exception as error:  # the client raises bare Exceptions
-                failures = 0 if self.updates > updates_before else failures + 1
+                failures = 0 if self.updates > updates_before else failures
                 delay_s = WATCH_BACKOFF.delay_s(failures)
+                failures += 1
                 logger.warning(
                     "agent subscription failed, retrying in %.1f s (timed sync continues): %s",
                     delay_s,
@@ -74,12 +78,13 @@ class AgentsWatcher:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        if self._stopping.is_set():
-            return
         try:
-            await self._watch()
+            if not self._stopping.is_set():
+                await self._watch()
         except asyncio.CancelledError:
             return
+        finally:
+            self._loop = self._task = None
 
     async def _watch(self) -> None:
         from convex import ConvexClient  # noqa: PLC0415 - installs a global tracing subscriber

@@ -1,7 +1,10 @@
 """The Convex adapter against a fake deployment on 127.0.0.1: mapping, errors, retries,
 and the service key kept out of every log line, error and repr."""
 
+import http.server
 import logging
+import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +18,7 @@ from agent_runtime.errors import (
     InvalidAgent,
     ServiceKeyRejected,
 )
-from backend.convex import ConvexBackend
+from backend.convex import CLIENT_VERSION, ConvexBackend
 from messages import Heartbeat
 from tests.conftest import SECRET
 from tests.fake_convex import FakeConvex
@@ -147,8 +150,17 @@ def test_retries_give_up_after_the_last_attempt(
 ) -> None:
     convex_deployment.fail_next("503", count=10)
     with pytest.raises(BackendUnavailable, match="server error 503"):
-        convex.agents_version()
+        convex.list_agents()
     assert len(convex_deployment.requests) == 4
+
+
+def test_change_signal_is_read_once_its_next_poll_is_the_retry(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    convex_deployment.fail_next("503", count=10)
+    with pytest.raises(BackendUnavailable, match="server error 503"):
+        convex.agents_version()
+    assert len(convex_deployment.requests) == 1
 
 
 def test_auth_rejection_by_the_platform_is_not_retried(
@@ -175,3 +187,48 @@ def test_unreachable_deployment_is_unavailable() -> None:
     with pytest.raises(BackendUnavailable, match="cannot connect"):
         backend.list_agents()
     backend.close()
+
+
+def test_server_text_echoing_the_key_is_redacted(tmp_path: Any) -> None:
+    def echo(kind: str, path: str, args: dict[str, Any]) -> Any:
+        raise RuntimeError(f"bad call with {args}")  # an uncoded error that echoes its args
+
+    with FakeConvex(echo) as fake:
+        backend = adapter(fake)
+        with pytest.raises(FunctionError) as raised:
+            backend.list_agents()
+        assert "bad call with" in str(raised.value)
+        assert SECRET not in str(raised.value)
+        assert "***" in str(raised.value)
+        backend.close()
+
+
+class _NotUtf8(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b"\xff\xfe not utf-8"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_undecodable_answer_is_unavailable_not_a_crash() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotUtf8)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    backend = ConvexBackend(f"http://127.0.0.1:{server.server_address[1]}", SecretStr(SECRET))
+    try:
+        with pytest.raises(BackendUnavailable, match="unreadable answer"):
+            backend.list_agents()
+    finally:
+        backend.close()
+        server.shutdown()
+
+
+def test_client_header_version_is_semver() -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+", CLIENT_VERSION)

@@ -1,5 +1,6 @@
 """The runtime on Convex (a fake deployment on 127.0.0.1): faults, and reactive sync."""
 
+import logging
 import statistics
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from agent_runtime import metrics
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
 from backend.convex import ConvexBackend
+from backend.convex_watch import AgentsWatcher
 from messages import HeartbeatStatus, SyncStatus
 from tests.conftest import SECRET, wait_for
 from tests.fake_convex import FakeConvex
@@ -105,7 +107,10 @@ def test_failing_heartbeat_writes_are_kept_reported_and_recover(
 def test_wrong_service_key_keeps_the_runtime_up_and_never_logs_the_key(
     tmp_path: Path, convex_deployment: FakeConvex, runtime_on: Any
 ) -> None:
-    env = {**convex_env(tmp_path, convex_deployment), "AGENT_SECRET": "wrong-key-123"}
+    env = {
+        **convex_env(tmp_path, convex_deployment, AGENT_SYNC_MODE="subscribe"),
+        "AGENT_SECRET": "wrong-key-123",
+    }
     runtime = runtime_on(env)
     health = wait_for(
         lambda: (h := runtime.health())["agentSync"]["lastError"] and h, what="the refusal"
@@ -227,3 +232,21 @@ def test_stalled_deployment_does_not_stall_heartbeats_or_other_threads(
         stop.set()
         admin.close()
         runtime.stop()
+
+
+def test_watcher_stops_cleanly_during_its_backoff(
+    convex_deployment: FakeConvex, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    changes: list[int] = []
+    # A refused key fails every subscription at once (UNAUTHORIZED), then the watcher
+    # waits out its backoff; stop() lands in that wait.
+    watcher = AgentsWatcher(
+        convex_deployment.url, SecretStr("wrong-key-789"), lambda: changes.append(1)
+    )
+    watcher.start()
+    wait_for(lambda: "agent subscription failed" in caplog.text, what="a failed subscription")
+    watcher.stop(timeout_s=2.0)  # must not raise
+    assert not watcher._thread.is_alive()
+    assert changes == []
+    assert "wrong-key-789" not in caplog.text

@@ -285,3 +285,24 @@ def test_failing_sync_retries_on_backoff_not_on_every_change_poll(fleet: Fleet) 
     fleet.backend.list_agents.side_effect = fleet._list
     wait_for(lambda: fleet.running() == {"a"}, timeout_s=5, what="recovery on the retry")
     assert fleet.status().last_error is None
+
+
+def test_stale_change_polls_are_dropped_while_the_backend_is_slow(fleet: Fleet) -> None:
+    slow = threading.Event()
+
+    def version() -> str:
+        if slow.is_set():
+            threading.Event().wait(0.5)  # a slow backend call, blocking the actor
+        return str(fleet.version)
+
+    fleet.backend.agents_version.side_effect = version
+    fleet.start()
+    wait_for(lambda: fleet.backend.list_agents.call_count >= 1, what="the first sync")
+    slow.set()
+    calls = fleet.backend.agents_version.call_count
+    wait_for(lambda: fleet.backend.agents_version.call_count >= calls + 4, what="slow polls")
+    slow.clear()
+    assert fleet.sync is not None
+    # Polls kept arriving every 0.25 s while each read took 0.5 s; were the stale ones kept,
+    # they would hold the actor for seconds. Dropped, it answers at once.
+    assert fleet.sync.ask(GetRunningAgents(), timeout=1.0) == ()
