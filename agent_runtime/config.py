@@ -25,6 +25,7 @@ DEFAULT_LOCAL_DB_PATH = Path(".agent-runtime/local.db")
 DEFAULT_PORT = 8080
 DEFAULT_CONVEX_CONNECT_TIMEOUT_MS = 5_000
 DEFAULT_CONVEX_READ_TIMEOUT_MS = 10_000
+MAX_CONVEX_TIMEOUT_MS = 120_000
 
 
 def default_worker_id() -> str:
@@ -78,21 +79,40 @@ class Settings(BaseSettings):
         str | None,
         Field(
             alias="CONVEX_URL",
-            pattern=r"^https?://[^\s/]+(/\S*)?$",
-            description="an http(s) URL such as https://happy-otter-123.convex.cloud",
+            # https, or http to this machine only (the secret travels in every request);
+            # a bare origin: no credentials, path, query or fragment.
+            pattern=r"^(https://[A-Za-z0-9.-]+|http://(localhost|127\.0\.0\.1|\[::1\]))(:\d+)?/?$",
+            description=(
+                "an https origin such as https://happy-otter-123.convex.cloud"
+                " (http only for localhost or 127.0.0.1)"
+            ),
         ),
     ] = None
     agent_secret: Annotated[
         SecretStr | None,
-        Field(alias="AGENT_SECRET", min_length=1, description="the deployment's AGENT_SECRET"),
+        Field(
+            alias="AGENT_SECRET",
+            min_length=1,
+            description="the deployment's AGENT_SECRET, without surrounding spaces or newlines",
+        ),
     ] = None
     convex_connect_timeout_ms: Annotated[
         int,
-        Field(alias="CONVEX_CONNECT_TIMEOUT_MS", gt=0, description="whole milliseconds > 0"),
+        Field(
+            alias="CONVEX_CONNECT_TIMEOUT_MS",
+            gt=0,
+            le=MAX_CONVEX_TIMEOUT_MS,
+            description=f"whole milliseconds from 1 to {MAX_CONVEX_TIMEOUT_MS}",
+        ),
     ] = DEFAULT_CONVEX_CONNECT_TIMEOUT_MS
     convex_read_timeout_ms: Annotated[
         int,
-        Field(alias="CONVEX_READ_TIMEOUT_MS", gt=0, description="whole milliseconds > 0"),
+        Field(
+            alias="CONVEX_READ_TIMEOUT_MS",
+            gt=0,
+            le=MAX_CONVEX_TIMEOUT_MS,
+            description=f"whole milliseconds from 1 to {MAX_CONVEX_TIMEOUT_MS}",
+        ),
     ] = DEFAULT_CONVEX_READ_TIMEOUT_MS
     agent_sync_mode: Annotated[
         Literal["poll", "subscribe"],
@@ -142,6 +162,19 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("convex_url", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("agent_secret", mode="after")
+    @classmethod
+    def _no_surrounding_space(cls, value: SecretStr | None) -> SecretStr | None:
+        # A pasted newline would look like a wrong key at the deployment.
+        if value is not None and value.get_secret_value() != value.get_secret_value().strip():
+            raise ValueError("surrounding whitespace")
+        return value
 
     @model_validator(mode="after")
     def _production_shape(self) -> "Settings":

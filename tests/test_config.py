@@ -16,6 +16,11 @@ VARIABLES = (
     "APP_ENV",
     "WORKER_ID",
     "AGENT_DEBUG",
+    "CONVEX_URL",
+    "AGENT_SECRET",
+    "AGENT_SYNC_MODE",
+    "CONVEX_CONNECT_TIMEOUT_MS",
+    "CONVEX_READ_TIMEOUT_MS",
 )
 
 
@@ -103,3 +108,60 @@ def test_dotenv_file_is_read(tmp_path: object) -> None:
     with open(".env", "w") as f:
         f.write("AGENT_SYNC_INTERVAL=5000\n")
     assert Settings().agent_sync_interval_ms == 5000
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://x.convex.cloud",  # the secret would travel in clear
+        "https://u:p@x.convex.cloud",
+        "https://x.convex.cloud/api",
+        "https://x.convex.cloud?a=1",
+        "ftp://x.convex.cloud",
+        "x.convex.cloud",
+    ],
+)
+def test_convex_url_must_be_an_https_origin(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("CONVEX_URL", url)
+    monkeypatch.setenv("AGENT_SECRET", "k")
+    with pytest.raises(ConfigError, match=r"CONVEX_URL=.* is invalid: expected an https origin"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "url", [" https://x.convex.cloud/ ", "http://127.0.0.1:3210", "http://localhost:8000"]
+)
+def test_convex_url_accepted_forms(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("CONVEX_URL", url)
+    monkeypatch.setenv("AGENT_SECRET", "k")
+    assert load_settings().convex_url == url.strip()
+
+
+def test_agent_secret_is_required_with_convex_and_never_echoed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONVEX_URL", "https://x.convex.cloud")
+    with pytest.raises(ConfigError, match="AGENT_SECRET is required when CONVEX_URL is set"):
+        load_settings()
+    monkeypatch.setenv("AGENT_SECRET", "pasted-secret\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "surrounding spaces or newlines" in str(raised.value)
+    assert "pasted-secret" not in str(raised.value)
+    monkeypatch.setenv("AGENT_SECRET", "good-secret")
+    settings = load_settings()
+    assert "good-secret" not in repr(settings)
+    assert settings.agent_secret is not None
+    assert settings.agent_secret.get_secret_value() == "good-secret"
+
+
+def test_sync_mode_defaults_to_poll_and_subscribe_needs_convex(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().subscribes is False
+    monkeypatch.setenv("AGENT_SYNC_MODE", "subscribe")
+    with pytest.raises(ConfigError, match="AGENT_SYNC_MODE='subscribe' needs CONVEX_URL"):
+        load_settings()
+    monkeypatch.setenv("CONVEX_URL", "https://x.convex.cloud")
+    monkeypatch.setenv("AGENT_SECRET", "k")
+    assert load_settings().subscribes is True
