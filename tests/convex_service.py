@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from agent_runtime.errors import AgentNotFound, InvalidAgent
 from backend.local import LocalBackend
-from messages import Heartbeat
+from messages import AgentRecord, Heartbeat
 from messages.agent import describe_validation_error
 from tests.fake_convex import ServiceError
 
@@ -26,17 +26,22 @@ class LocalService:
     def __init__(self, backend: LocalBackend, secret: str | None) -> None:
         self.backend = backend
         self.secret = secret
-        self._functions: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
-            "service/agents:list": ("query", lambda a: backend.list_agents()),
-            "service/agents:version": ("query", lambda a: backend.agents_version()),
-            "service/agents:create": ("mutation", self._create),
-            "service/agents:update": ("mutation", self._update),
-            "service/agents:remove": ("mutation", self._remove),
-            "service/presence:list": ("query", lambda a: backend.list_presence()),
-            "service/presence:recordHeartbeats": ("mutation", self._record_heartbeats),
-            "service/presence:markOffline": ("mutation", self._mark_offline),
-            "service/actions:listAgents": ("action", self._list_with_presence),
-            "service/actions:updateAgentHeartbeat": ("action", self._update_heartbeat),
+        # path -> (kind, implementation, the arguments it takes besides serviceKey)
+        self._functions: dict[str, tuple[str, Callable[[dict[str, Any]], Any], set[str]]] = {
+            "service/agents:list": ("query", lambda a: backend.list_agents(), set()),
+            "service/agents:version": ("query", lambda a: backend.agents_version(), set()),
+            "service/agents:create": ("mutation", self._create, _FIELDS - {"agentId"}),
+            "service/agents:update": ("mutation", self._update, _FIELDS),
+            "service/agents:remove": ("mutation", self._remove, {"agentId"}),
+            "service/presence:list": ("query", lambda a: backend.list_presence(), set()),
+            "service/presence:recordHeartbeats": ("mutation", self._record_heartbeats, {"beats"}),
+            "service/presence:markOffline": ("mutation", self._mark_offline, {"agentIds"}),
+            "service/actions:listAgents": ("action", self._list_with_presence, set()),
+            "service/actions:updateAgentHeartbeat": (
+                "action",
+                self._update_heartbeat,
+                {"agentId", "atMs"},
+            ),
         }
 
     def call(self, kind: str, path: str, args: dict[str, Any]) -> Any:
@@ -51,8 +56,10 @@ class LocalService:
             or not hmac.compare_digest(key.encode(), self.secret.encode())
         ):
             raise ServiceError("UNAUTHORIZED", "missing or wrong service key")
+        _kind, function, takes = self._functions[path]
+        _check_arguments(args, takes)
         try:
-            return self._functions[path][1](args)
+            return function(args)
         except AgentNotFound as error:
             raise ServiceError("NOT_FOUND", str(error)) from None
         except InvalidAgent as error:
@@ -67,6 +74,7 @@ class LocalService:
         return _config(record.model_dump(by_alias=True))
 
     def _update(self, args: dict[str, Any]) -> dict[str, Any]:
+        _check_agent_fields(args)  # before looking the agent up, as the functions do
         record = self.backend.update_agent(
             _string(args, "agentId"),
             name=args.get("name"),
@@ -102,7 +110,34 @@ class LocalService:
         ]
 
     def _update_heartbeat(self, args: dict[str, Any]) -> None:
-        self.backend.record_heartbeats([_heartbeat(args)])
+        self.backend.record_heartbeats(
+            [_heartbeat({k: args[k] for k in args if k != "serviceKey"})]
+        )
+
+
+_FIELDS = {"agentId", "name", "heartbeatIntervalMs", "sessionKey"}
+
+
+def _check_arguments(args: dict[str, Any], takes: set[str]) -> None:
+    unknown = set(args) - takes - {"serviceKey"}
+    if unknown:
+        raise ServiceError("INVALID_ARGUMENT", f"unknown argument(s): {sorted(unknown)}")
+    nulls = [name for name in takes if name in args and args[name] is None]
+    if nulls:
+        raise ServiceError("INVALID_ARGUMENT", f"{nulls[0]}: expected a value, got null")
+
+
+def _check_agent_fields(args: dict[str, Any]) -> None:
+    try:
+        AgentRecord(
+            id="check",
+            name=args.get("name", "check"),
+            session_key=args.get("sessionKey", "check"),
+            heartbeat_interval_ms=args.get("heartbeatIntervalMs", 1),
+            updated_at=0,
+        )
+    except ValidationError as error:
+        raise ServiceError("INVALID_ARGUMENT", describe_validation_error(error)) from None
 
 
 def _config(row: dict[str, Any]) -> dict[str, Any]:
@@ -117,8 +152,8 @@ def _string(args: dict[str, Any], name: str) -> str:
 
 
 def _heartbeat(beat: Any) -> Heartbeat:
-    if not isinstance(beat, dict):
-        raise ServiceError("INVALID_ARGUMENT", f"beat: expected an object, got {beat!r}")
+    if not isinstance(beat, dict) or set(beat) - {"agentId", "atMs"}:
+        raise ServiceError("INVALID_ARGUMENT", f"beat: expected {{agentId, atMs}}, got {beat!r}")
     try:
         return Heartbeat(agent_id=beat.get("agentId"), at_ms=beat.get("atMs"))
     except ValidationError as error:

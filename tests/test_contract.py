@@ -81,7 +81,10 @@ class Vectors:
             if actual != self.saved[name]:
                 raise Mismatch(f"{where}: expected {self.saved[name]!r}, got {actual!r}")
         else:
-            self.match(self.substitute(expected), actual, where)
+            value = self.substitute(expected)
+            if value == expected:
+                raise Mismatch(f"{where}: {expected!r} names no saved value")
+            self.match(value, actual, where)
 
 
 def scenarios() -> list[Path]:
@@ -131,3 +134,5 @@ def test_matcher_can_fail() -> None:
     with pytest.raises(Mismatch):
         vectors.match("$not:x", 5)
     vectors.match(5000, 5000.0)
+    with pytest.raises(Mismatch, match="names no saved value"):
+        vectors.match("$typo", "x")

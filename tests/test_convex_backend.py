@@ -65,7 +65,7 @@ def test_every_port_call_round_trips(convex: ConvexBackend) -> None:
     assert convex.list_agents() == []
 
 
-def test_every_request_carries_the_service_key_and_json_format(
+def test_every_request_carries_the_service_key(
     convex: ConvexBackend, convex_deployment: FakeConvex
 ) -> None:
     convex.list_agents()
