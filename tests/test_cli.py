@@ -118,3 +118,19 @@ def test_invalid_rows_are_reported_on_stderr_and_the_rest_listed(
     assert (
         "skipping invalid agent bad: heartbeatIntervalMs: expected a whole number" in result.stderr
     )
+
+
+def test_doctor_on_the_embedded_backend(local_env: dict[str, str]) -> None:
+    assert cli(local_env, "agents", "add", "checked").returncode == 0
+    result = cli({**local_env, "PORT": "0"}, "doctor")
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok"]
+    assert "backend=embedded SQLite at" in lines[0]
+    assert lines[3].endswith("agents: 1 valid")
+    production = cli(
+        {**local_env, "PORT": "0", "APP_ENV": "production", "AGENT_ROLE": "core"}, "doctor"
+    )
+    assert production.returncode == 1
+    assert "FAIL  configuration" in production.stdout
+    assert "fix: production needs CONVEX_URL and AGENT_SECRET" in production.stdout
