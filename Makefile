@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/agent-runtime run
 
-test: lint typecheck pytest convex-test
+test: lint typecheck convex-test pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
