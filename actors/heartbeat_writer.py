@@ -16,7 +16,7 @@ from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
 from backend import Backend
-from messages import AgentsStopped, FlushHeartbeats, Heartbeat, HeartbeatStatus, TimerFired
+from messages import AgentsStopped, Heartbeat, HeartbeatStatus, TimerFired
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,6 @@ class HeartbeatWriter(SupervisedActor):
                 self._flush()
         elif isinstance(message, AgentsStopped):
             self._stopped(message.agent_ids)
-        elif isinstance(message, FlushHeartbeats):
-            self._flush()
         else:
             super().on_receive(message)
 

@@ -1,7 +1,7 @@
 """The values the actors exchange: frozen pydantic v2 models, one module per subject."""
 
 from messages.agent import AgentList, AgentRecord, AgentRejection, UpdateAgent, parse_agent_rows
-from messages.heartbeat import AgentsStopped, FlushHeartbeats, Heartbeat
+from messages.heartbeat import AgentsStopped, Heartbeat
 from messages.status import HeartbeatStatus, RunningAgent, SyncStatus
 from messages.supervision import ChildFailed
 from messages.sync import AgentsChanged, GetRunningAgents, RequestSync, RunSync
@@ -14,7 +14,6 @@ __all__ = [
     "AgentsChanged",
     "AgentsStopped",
     "ChildFailed",
-    "FlushHeartbeats",
     "GetRunningAgents",
     "Heartbeat",
     "HeartbeatStatus",

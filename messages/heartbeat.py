@@ -19,7 +19,3 @@ class AgentsStopped(Message):
     """SyncActor -> HeartbeatWriter: these agents stopped; mark them offline."""
 
     agent_ids: tuple[str, ...]
-
-
-class FlushHeartbeats(Message):
-    """Ask the HeartbeatWriter to write what is pending now (reply: None)."""

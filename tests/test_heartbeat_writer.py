@@ -15,7 +15,7 @@ from agent_runtime.clock import monotonic_s
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
 from backend import Backend
-from messages import AgentsStopped, FlushHeartbeats, Heartbeat, HeartbeatStatus
+from messages import AgentsStopped, Heartbeat, HeartbeatStatus
 from tests.conftest import wait_for
 
 
@@ -123,8 +123,8 @@ def test_agents_stopped_flushes_then_marks_offline(writer: Any, recorded: Record
 
 def test_stop_flushes_what_is_pending(writer: Any, recorded: Recorded) -> None:
     writer.tell(Heartbeat(agent_id="a", at_ms=1))
-    writer.ask(FlushHeartbeats())
-    writer.tell(Heartbeat(agent_id="a", at_ms=2))
+    wait_for(recorded.written, what="the first write")
+    writer.tell(Heartbeat(agent_id="a", at_ms=2))  # pending: the next flush is 0.5 s away
     writer.stop()
     assert recorded.written()[-1] == {"a": 2}
 
