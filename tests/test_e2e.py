@@ -46,22 +46,19 @@ def test_added_agent_is_online_within_3_s_without_restart(
     env: dict[str, str], runtime: RuntimeProcess
 ) -> None:
     wait_for(lambda: runtime.health()["agentSync"]["lastSyncAt"], what="the start-up sync")
-    added_s = monotonic_s()
     agent_id = add_agent(env, "scout", 5000)
+    added_s = monotonic_s()  # the agent exists from here (the CLI's own start-up excluded)
 
-    def online() -> bool:
-        in_health = health_agent(runtime, agent_id)
-        listed = [a for a in agents_json(env) if a["id"] == agent_id]
-        return bool(
-            in_health
-            and in_health["lastHeartbeatAt"]
-            and listed
-            and listed[0]["status"] == "online"
-            and listed[0]["lastHeartbeatAt"]
-        )
+    def in_health() -> bool:
+        agent = health_agent(runtime, agent_id)
+        return bool(agent and agent["lastHeartbeatAt"])
 
-    wait_for(online, timeout_s=3.0 + 1.0, what="the agent online")
-    assert monotonic_s() - added_s <= 3.0 + 0.5  # 0.5 s for the CLI round trips in `online`
+    # /health shows what the backend accepted; it is cheap to poll, so the time is exact.
+    wait_for(in_health, timeout_s=3.0 + 1.0, what="the agent online in /health")
+    assert monotonic_s() - added_s <= 3.0
+    listed = [a for a in agents_json(env) if a["id"] == agent_id]
+    assert listed[0]["status"] == "online"
+    assert listed[0]["lastHeartbeatAt"]
     health = runtime.health()
     assert health["status"] == "ok"
     assert health["agentSync"]["addedCount"] == 1
