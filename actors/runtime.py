@@ -28,7 +28,6 @@ from actors.supervision import (
     RestartIntensity,
 )
 from actors.sync import SyncActor
-from agent_runtime import metrics
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
 from backend import Backend
@@ -73,14 +72,13 @@ class Runtime(pykka.ThreadingActor):
         backend: Backend,
         status_board: StatusBoard,
         on_fatal: Callable[[str], None],
-        scheduler: Scheduler | None = None,
     ) -> None:
         super().__init__()
         self._options = options
         self._backend = backend
         self._board = status_board
         self._on_fatal = on_fatal
-        self._scheduler = scheduler or Scheduler()
+        self._scheduler = Scheduler()
         self._timers = Timers(self._scheduler, self.actor_ref)
         self._dispatcher: Dispatcher | None = None
         self._watch: Watch | None = None
@@ -91,11 +89,6 @@ class Runtime(pykka.ThreadingActor):
         """The child whose crash the pending restart answers, if one is pending."""
         self.writer: pykka.ActorRef[HeartbeatWriter] | None = None
         self.sync: pykka.ActorRef[SyncActor] | None = None
-
-    @property
-    def scheduler(self) -> Scheduler:
-        """The process's one Scheduler, owned by the Runtime."""
-        return self._scheduler
 
     def on_start(self) -> None:
         threading.current_thread().name = "Runtime"
@@ -158,7 +151,6 @@ class Runtime(pykka.ThreadingActor):
 
     def _restart(self) -> None:
         assert self._restart_cause is not None
-        metrics.RESTARTS.labels(actor=self._restart_cause).inc()
         self._board.count_restart(self._restart_cause)  # counted when it really happens
         self._restart_cause = None
         self._start_children()
@@ -194,15 +186,13 @@ class Runtime(pykka.ThreadingActor):
         self._stop_threads()
 
     def _stop_threads(self) -> None:
-        try:
+        # Each is stopped even if an earlier one fails: change feed, agents, then timers.
+        with contextlib.ExitStack() as stops:
+            stops.callback(self._scheduler.stop, THREAD_STOP_TIMEOUT_S)
+            if self._dispatcher is not None:
+                stops.callback(self._dispatcher.shutdown, THREAD_STOP_TIMEOUT_S)
             if self._watch is not None:
-                self._watch.stop(THREAD_STOP_TIMEOUT_S)
-        finally:
-            try:
-                if self._dispatcher is not None:
-                    self._dispatcher.shutdown(THREAD_STOP_TIMEOUT_S)
-            finally:
-                self._scheduler.stop(THREAD_STOP_TIMEOUT_S)
+                stops.callback(self._watch.stop, THREAD_STOP_TIMEOUT_S)
 
     def on_failure(self, *_exc_info: Any) -> None:
         try:

@@ -40,7 +40,7 @@ from messages import (
     TimerFired,
     UpdateAgent,
 )
-from messages.agent import parse_agent_row
+from messages.agent import CONFIG_FIELDS, parse_agent_row
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def plan_sync(
     return SyncPlan(added=added, removed=removed, updated=updated)
 
 
-_ROW_CONFIG_FIELDS = ("id", "name", "sessionKey", "heartbeatIntervalMs", "updatedAt")
+_ROW_CONFIG_FIELDS = tuple(sorted(str(AgentRecord.model_fields[f].alias) for f in CONFIG_FIELDS))
 
 
 def _row_key(row: Any) -> tuple[Any, ...] | None:
@@ -271,7 +271,9 @@ class SyncActor(SupervisedActor):
 
     def _sync(self) -> None:
         started_s = monotonic_s()
-        version = self._read_change_signal()  # before listing: a change during the list is seen
+        # Read before listing, so a change made during the list is seen; only polling
+        # needs it (a backend that pushes changes sends RequestSync instead).
+        version = self._read_change_signal() if self._polls_changes else None
         try:
             rows = self._backend.list_agents()
         except BackendError as error:
@@ -356,21 +358,18 @@ class SyncActor(SupervisedActor):
         )
 
     def _stop_agents(self, agent_ids: Sequence[str]) -> None:
-        refs = [ref for ref in (self._agents[a].ref for a in agent_ids if a in self._agents) if ref]
-        if not refs:
-            if agent_ids:
-                self._tell_writer(AgentsStopped(agent_ids=tuple(agent_ids)))
+        if not agent_ids:
             return
-        futures = [ref.stop(block=False) for ref in refs]
+        agents = [self._agents[a] for a in agent_ids if a in self._agents]
+        futures = [a.ref.stop(block=False) for a in agents if a.ref is not None]
         try:
             pykka.get_all(futures, timeout=STOP_TIMEOUT_S)
         except pykka.Timeout:
             logger.warning(
-                "some of %d agent(s) did not stop within %.0f s", len(refs), STOP_TIMEOUT_S
+                "some of %d agent(s) did not stop within %.0f s", len(futures), STOP_TIMEOUT_S
             )
-        for agent_id in agent_ids:
-            if agent_id in self._agents:
-                self._agents[agent_id].ref = None
+        for agent in agents:
+            agent.ref = None
         self._tell_writer(AgentsStopped(agent_ids=tuple(agent_ids)))
 
     def _tell_writer(self, message: AgentsStopped) -> None:
@@ -416,7 +415,6 @@ class SyncActor(SupervisedActor):
             return
         agent.restarts += 1
         agent.refresh_view()
-        metrics.RESTARTS.labels(actor="agent").inc()
         self._board.count_restart("agent")
         self._spawn(agent, first_heartbeat_delay_s=0.0)
         self._publish()

@@ -10,7 +10,6 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from agent_runtime import __version__, doctor
 from agent_runtime.config import ROLES, load_settings
@@ -116,9 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _agents(args: argparse.Namespace, backend: Backend) -> int:
     if args.action == "list":
-        presence = {p["agentId"]: p for p in backend.list_presence()}
-        rows = [_with_presence(row, presence.get(row.get("id"))) for row in backend.list_agents()]
-        listed = parse_agent_rows(rows)
+        listed = parse_agent_rows(backend.list_agents_with_presence())
         for rejected in listed.rejected:
             print(
                 f"agent-runtime: skipping invalid agent {rejected.label}: {rejected.problem}",
@@ -141,12 +138,6 @@ def _agents(args: argparse.Namespace, backend: Backend) -> int:
     elif args.action == "remove":
         backend.remove_agent(args.id)
     return EXIT_OK
-
-
-def _with_presence(row: dict[str, Any], presence: dict[str, Any] | None) -> dict[str, Any]:
-    if presence is None:
-        return row
-    return {**row, "status": presence["status"], "lastHeartbeatAt": presence["lastHeartbeatAt"]}
 
 
 def _print_table(agents: Sequence[AgentRecord]) -> None:

@@ -59,9 +59,7 @@ def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str
                 "name": a.record.name,
                 "sessionKey": a.record.session_key,
                 "heartbeatIntervalMs": a.record.heartbeat_interval_ms,
-                "lastHeartbeatAt": beats.last_written_at.get(
-                    a.record.id, a.record.last_heartbeat_at
-                ),
+                "lastHeartbeatAt": beats.last_written_at.get(a.record.id),
                 "restarts": a.restarts,
             }
             for a in sync.agents

@@ -9,6 +9,8 @@ import threading
 
 from pydantic import BaseModel
 
+from agent_runtime import metrics
+
 
 class StatusBoard:
     """A name -> latest snapshot map; publishing replaces, reading never blocks for long."""
@@ -29,7 +31,8 @@ class StatusBoard:
             return self._snapshots.get(name)
 
     def count_restart(self, actor: str) -> None:
-        """Record one supervisor restart of `actor` (shown in /health)."""
+        """Record one supervisor restart of `actor`: in /health and in /metrics."""
+        metrics.RESTARTS.labels(actor=actor).inc()
         with self._lock:
             self._restarts[actor] = self._restarts.get(actor, 0) + 1
 

@@ -53,7 +53,7 @@ class ConvexBackend(Backend):
         *,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
-        subscribe: bool = True,
+        subscribe: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
         self._secret = secret

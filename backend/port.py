@@ -46,6 +46,19 @@ class Backend(abc.ABC):
     def list_presence(self) -> list[dict[str, Any]]:
         """`{agentId, status, lastHeartbeatAt}` for every agent, in `list_agents` order."""
 
+    def list_agents_with_presence(self) -> list[dict[str, Any]]:
+        """`list_agents` rows with `status` and `lastHeartbeatAt` added from
+        `list_presence` (offline and null for an agent without presence)."""
+        presence = {p["agentId"]: p for p in self.list_presence()}
+        return [
+            {
+                **row,
+                "status": presence.get(row.get("id"), {}).get("status", "offline"),
+                "lastHeartbeatAt": presence.get(row.get("id"), {}).get("lastHeartbeatAt"),
+            }
+            for row in self.list_agents()
+        ]
+
     @abc.abstractmethod
     def record_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
         """Set each agent online with `lastHeartbeatAt = at_ms`, in one write.

@@ -36,7 +36,11 @@ class LocalService:
             "service/presence:list": ("query", lambda a: backend.list_presence(), set()),
             "service/presence:recordHeartbeats": ("mutation", self._record_heartbeats, {"beats"}),
             "service/presence:markOffline": ("mutation", self._mark_offline, {"agentIds"}),
-            "service/actions:listAgents": ("action", self._list_with_presence, set()),
+            "service/actions:listAgents": (
+                "action",
+                lambda a: backend.list_agents_with_presence(),
+                set(),
+            ),
             "service/actions:updateAgentHeartbeat": (
                 "action",
                 self._update_heartbeat,
@@ -97,17 +101,6 @@ class LocalService:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ServiceError("INVALID_ARGUMENT", f"agentIds: expected strings, got {ids!r}")
         self.backend.mark_offline(ids)
-
-    def _list_with_presence(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        presence = {p["agentId"]: p for p in self.backend.list_presence()}
-        return [
-            {
-                **row,
-                "status": presence[row["id"]]["status"],
-                "lastHeartbeatAt": presence[row["id"]]["lastHeartbeatAt"],
-            }
-            for row in self.backend.list_agents()
-        ]
 
     def _update_heartbeat(self, args: dict[str, Any]) -> None:
         self.backend.record_heartbeats(
