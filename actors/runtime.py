@@ -17,21 +17,15 @@ from typing import Any
 
 import pykka
 
+from actors.agents.heartbeat_writer import HeartbeatWriter
+from actors.agents.sync import SyncActor
 from actors.dispatcher import Dispatcher
-from actors.heartbeat_writer import HeartbeatWriter
 from actors.scheduler import Scheduler, Timers
-from actors.supervision import (
-    DEFAULT_BACKOFF,
-    DEFAULT_MAX_RESTARTS,
-    DEFAULT_RESTART_PERIOD_S,
-    Backoff,
-    RestartIntensity,
-)
-from actors.sync import SyncActor
+from actors.supervision import DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_S, RestartIntensity
+from agent_runtime.backoff import DEFAULT_BACKOFF, Backoff
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
-from backend import Backend
-from backend.port import Watch
+from backend.port import Backend, Watch
 from messages import AgentsChanged, ChildFailed, RequestSync, TimerFired
 
 logger = logging.getLogger(__name__)

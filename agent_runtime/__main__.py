@@ -2,6 +2,6 @@
 
 import sys
 
-from agent_runtime.cli import main
+from agent_runtime.app.cli import main
 
 sys.exit(main())

@@ -1,27 +1,6 @@
-"""The backend port (`Backend`) and its adapters; `open_backend` picks one from settings."""
+"""The backend port (`backend.port.Backend`) and its adapters side by side: the embedded
+SQLite file (`backend.local`) and Convex's HTTP API (`backend.convex`).
 
-from agent_runtime.config import Settings
-from backend.convex import ConvexBackend
-from backend.local import LocalBackend
-from backend.port import Backend
-
-__all__ = ["Backend", "ConvexBackend", "LocalBackend", "open_backend"]
-
-
-def open_backend(settings: Settings) -> Backend:
-    """The backend the settings describe: Convex when CONVEX_URL is set (settings
-    validation guarantees AGENT_SECRET then), else the SQLite file at LOCAL_DB_PATH.
-
-    Raises:
-        BackendError: the local database cannot be opened or created.
-    """
-    if settings.convex_url is not None:
-        assert settings.agent_secret is not None
-        return ConvexBackend(
-            settings.convex_url,
-            settings.agent_secret,
-            connect_timeout_s=settings.convex_connect_timeout_ms / 1000,
-            read_timeout_s=settings.convex_read_timeout_ms / 1000,
-            subscribe=settings.subscribes,
-        )
-    return LocalBackend(settings.local_db_path)
+Actors import `backend.port` only; the application picks an adapter
+(`agent_runtime.app.backends.open_backend`).
+"""

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from actors.supervision import Backoff
+from agent_runtime.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from actors.agents.sync import STATUS_NAME as SYNC_STATUS
 from actors.runtime import Runtime, RuntimeOptions
-from actors.sync import STATUS_NAME as SYNC_STATUS
 from agent_runtime import logs, metrics
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard

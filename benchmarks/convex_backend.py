@@ -23,8 +23,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from actors.agents.sync import STATUS_NAME
 from actors.runtime import Runtime, RuntimeOptions
-from actors.sync import STATUS_NAME
 from agent_runtime import logs
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard

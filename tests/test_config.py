@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent_runtime.config import Settings, load_settings
+from agent_runtime.app.config import Settings, load_settings
 from agent_runtime.errors import ConfigError
 
 VARIABLES = (

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from actors.agents.sync import STATUS_NAME
 from actors.runtime import Runtime, RuntimeOptions
-from actors.sync import STATUS_NAME
 from agent_runtime import metrics
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard

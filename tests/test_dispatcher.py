@@ -106,3 +106,49 @@ def test_a_thread_running_one_actor_does_not_block_another(dispatcher: Dispatche
 def test_dispatcher_needs_a_thread() -> None:
     with pytest.raises(ValueError, match="needs at least 1 thread"):
         Dispatcher("empty", 0)
+
+
+def test_on_start_that_raises_stops_the_actor_and_spares_the_pool(
+    dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BadStart(PooledActor):
+        def on_start(self) -> None:
+            raise RuntimeError("cannot start")
+
+        def on_receive(self, message: Any) -> Any:
+            return message
+
+    ref = BadStart.start(dispatcher)
+    queued = ref.ask("queued before the failed start", block=False)
+    with pytest.raises(pykka.ActorDeadError):
+        queued.get(timeout=5)
+    wait_for(lambda: not ref.is_alive(), what="the actor to stop")
+    assert "cannot start" in caplog.text
+    # Both pool threads are still there and serve the next actor.
+    assert Counter.start(dispatcher, "after", []).ask("ping", timeout=2) == "ping"
+    assert len([t for t in threading.enumerate() if t.name.startswith("test-agents-")]) == 2
+
+
+def test_messages_queued_behind_a_stop_fail_instead_of_hanging(dispatcher: Dispatcher) -> None:
+    release = threading.Event()
+    handled: list[Any] = []
+
+    class Slow(PooledActor):
+        def on_receive(self, message: Any) -> Any:
+            if message == "block":
+                release.wait(5)
+            handled.append(message)
+            return message
+
+    ref = Slow.start(dispatcher)
+    ref.tell("block")
+    before = ref.ask("before the stop", block=False)
+    stopped = ref.stop(block=False)
+    late = [ref.ask(n, block=False) for n in range(3 * 10)]  # more than one turn's THROUGHPUT
+    release.set()
+    assert before.get(timeout=5) == "before the stop"
+    assert stopped.get(timeout=5) is True
+    for future in late:
+        with pytest.raises(pykka.ActorDeadError, match="stopped before handling"):
+            future.get(timeout=5)
+    assert handled == ["block", "before the stop"]

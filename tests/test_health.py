@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_runtime.config import Settings
-from agent_runtime.http import HttpServer, health
+from agent_runtime.app.config import Settings
+from agent_runtime.app.http import HttpServer, health
 from agent_runtime.status import StatusBoard
 from messages import AgentRecord, HeartbeatStatus, RunningAgent, SyncStatus
 

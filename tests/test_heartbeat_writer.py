@@ -9,12 +9,12 @@ import pykka
 import pytest
 from pytest_mock import MockerFixture
 
-from actors.heartbeat_writer import FLUSH_INTERVAL_S, MIN_FLUSH_SPACING_S, HeartbeatWriter
+from actors.agents.heartbeat_writer import FLUSH_INTERVAL_S, MIN_FLUSH_SPACING_S, HeartbeatWriter
 from actors.scheduler import Scheduler
 from agent_runtime.clock import monotonic_s
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
-from backend import Backend
+from backend.port import Backend
 from messages import AgentsStopped, Heartbeat, HeartbeatStatus
 from tests.conftest import wait_for
 

@@ -62,7 +62,7 @@ def test_json_lines_are_objects_with_agent_fields(stream: Captured) -> None:
 
 def test_agent_debug_logs_debug_for_listed_agents_only(stream: Captured) -> None:
     logs.configure("INFO", "text", debug_agent_ids={"a1"})
-    log = logging.getLogger("actors.agent")
+    log = logging.getLogger("actors.agents.agent")
     in_thread("t1", ("a1", "one", "k1"), lambda: log.debug("beat one"))
     in_thread("t2", ("a2", "two", "k2"), lambda: log.debug("beat two"))
     in_thread("t3", None, lambda: log.debug("no agent"))

@@ -5,9 +5,9 @@ from typing import Any
 
 from pytest_mock import MockerFixture
 
+from actors.agents.sync import STATUS_NAME, SyncActor
 from actors.runtime import Runtime, RuntimeOptions
-from actors.supervision import Backoff
-from actors.sync import STATUS_NAME, SyncActor
+from agent_runtime.backoff import Backoff
 from agent_runtime.status import StatusBoard
 from backend.local import LocalBackend
 from messages import SyncStatus

@@ -2,7 +2,8 @@
 
 import pytest
 
-from actors.supervision import Backoff, RestartIntensity
+from actors.supervision import RestartIntensity
+from agent_runtime.backoff import Backoff
 
 
 def test_backoff_doubles_from_min_and_caps_at_max() -> None:

@@ -9,15 +9,15 @@ import pykka
 import pytest
 from pytest_mock import MockerFixture
 
-from actors.agent import AgentActor
+from actors.agents.agent import AgentActor
+from actors.agents.heartbeat_writer import HeartbeatWriter
+from actors.agents.sync import STATUS_NAME, SyncActor
 from actors.dispatcher import Dispatcher
-from actors.heartbeat_writer import HeartbeatWriter
 from actors.scheduler import Scheduler
-from actors.supervision import Backoff
-from actors.sync import STATUS_NAME, SyncActor
+from agent_runtime.backoff import Backoff
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
-from backend import Backend
+from backend.port import Backend
 from messages import GetRunningAgents, RequestSync, SyncStatus
 from tests.conftest import stays_false, wait_for
 

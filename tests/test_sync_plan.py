@@ -1,6 +1,6 @@
 """The diff between running agents and the backend's list."""
 
-from actors.sync import RecordCache, plan_sync
+from actors.agents.sync import RecordCache, plan_sync
 from messages import AgentRecord
 
 

@@ -8,10 +8,12 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent_runtime.app.backends import open_backend
+from agent_runtime.app.config import Settings
+from agent_runtime.app.roles import ROLES
 from agent_runtime.clock import monotonic_s
-from agent_runtime.config import ROLES_RUNNING_AGENTS, Settings
 from agent_runtime.errors import BackendError, BackendUnavailable, ServiceKeyRejected
-from backend import Backend, open_backend
+from backend.port import Backend
 from messages import parse_agent_rows
 
 
@@ -63,8 +65,8 @@ def _configuration(settings: Settings) -> Check:
             f"{detail}; fix: production needs CONVEX_URL and AGENT_SECRET (the embedded"
             " backend is a local file, lost on redeploy)",
         )
-    if settings.role not in ROLES_RUNNING_AGENTS:
-        detail += " (this role runs only the HTTP server so far)"
+    if not ROLES[settings.role].agents:
+        detail += f" (this role runs {ROLES[settings.role].summary})"
     return Check("configuration", True, detail)
 
 

@@ -15,7 +15,7 @@ from agent_runtime import metrics
 from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
-from backend import Backend
+from backend.port import Backend
 from messages import AgentsStopped, Heartbeat, HeartbeatStatus, TimerFired
 
 logger = logging.getLogger(__name__)

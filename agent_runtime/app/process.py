@@ -11,12 +11,13 @@ import pykka.debug
 
 from actors.runtime import Runtime, RuntimeOptions
 from agent_runtime import __version__, logs
+from agent_runtime.app.backends import open_backend
+from agent_runtime.app.config import Settings
+from agent_runtime.app.http import HttpServer
+from agent_runtime.app.roles import ROLES
 from agent_runtime.clock import monotonic_s
-from agent_runtime.config import ROLES_RUNNING_AGENTS, Settings
 from agent_runtime.errors import BackendError
-from agent_runtime.http import HttpServer
 from agent_runtime.status import StatusBoard
-from backend import open_backend
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def run(settings: Settings) -> int:
     http.start()
     runtime = Runtime.start(
         options=RuntimeOptions(
-            runs_agents=settings.role in ROLES_RUNNING_AGENTS,
+            runs_agents=ROLES[settings.role].agents,
             sync_interval_s=settings.agent_sync_interval_ms / 1000,
         ),
         backend=backend,

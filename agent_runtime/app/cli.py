@@ -11,10 +11,13 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from agent_runtime import __version__, doctor
-from agent_runtime.config import ROLES, load_settings
+from agent_runtime import __version__
+from agent_runtime.app import doctor
+from agent_runtime.app.backends import open_backend
+from agent_runtime.app.config import load_settings
+from agent_runtime.app.roles import ROLE_NAMES
 from agent_runtime.errors import BackendError, ConfigError, InvalidAgent
-from backend import Backend, open_backend
+from backend.port import Backend
 from messages import AgentRecord, parse_agent_rows
 from messages.agent import MAX_HEARTBEAT_INTERVAL_MS
 
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the worker until SIGTERM")
-    run.add_argument("--role", choices=ROLES, help="overrides AGENT_ROLE")
+    run.add_argument("--role", choices=ROLE_NAMES, help="overrides AGENT_ROLE")
 
     commands.add_parser(
         "doctor", help="check the configuration for this role and reach the backend"
@@ -89,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agent-runtime: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "run":
-        from agent_runtime.process import run  # noqa: PLC0415 - keep `agents` commands light
+        from agent_runtime.app.process import run  # noqa: PLC0415 - keep `agents` commands light
 
         return run(settings)
     if args.command == "doctor":

@@ -13,11 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agent_runtime.app.roles import ROLE_NAMES, Role
 from agent_runtime.errors import ConfigError
-
-Role = Literal["core", "whatsapp", "all", "whatsapp-ingress", "whatsapp-egress"]
-ROLES: tuple[Role, ...] = ("core", "whatsapp", "all", "whatsapp-ingress", "whatsapp-egress")
-ROLES_RUNNING_AGENTS: frozenset[Role] = frozenset({"core", "all"})
 
 DEFAULT_AGENT_SYNC_INTERVAL_MS = 60_000
 MIN_AGENT_SYNC_INTERVAL_MS = 1_000
@@ -40,9 +37,9 @@ class Settings(BaseSettings):
         env_file=".env", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    role: Annotated[Role, Field(alias="AGENT_ROLE", description="one of " + ", ".join(ROLES))] = (
-        "all"
-    )
+    role: Annotated[
+        Role, Field(alias="AGENT_ROLE", description="one of " + ", ".join(ROLE_NAMES))
+    ] = "all"
     agent_sync_interval_ms: Annotated[
         int,
         Field(
@@ -201,7 +198,7 @@ class Settings(BaseSettings):
 
 _ROLE_ALL_IN_PRODUCTION = (
     f"AGENT_ROLE='all' is refused when APP_ENV='production': expected one of "
-    f"{', '.join(r for r in ROLES if r != 'all')} (run one role per process)"
+    f"{', '.join(r for r in ROLE_NAMES if r != 'all')} (run one role per process)"
 )
 _CONVEX_NEEDS_KEY = (
     "AGENT_SECRET is required when CONVEX_URL is set: expected the same value as the"

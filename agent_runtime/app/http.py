@@ -14,10 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from actors.heartbeat_writer import STATUS_NAME as HEARTBEATS
-from actors.sync import STATUS_NAME as AGENT_SYNC
+from actors.agents.heartbeat_writer import STATUS_NAME as HEARTBEATS
+from actors.agents.sync import STATUS_NAME as AGENT_SYNC
+from agent_runtime.app.config import Settings
+from agent_runtime.app.roles import ROLES
 from agent_runtime.clock import monotonic_s
-from agent_runtime.config import ROLES_RUNNING_AGENTS, Settings
 from agent_runtime.status import StatusBoard
 from messages import HeartbeatStatus, SyncStatus
 
@@ -42,7 +43,7 @@ def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str
     sync = sync if isinstance(sync, SyncStatus) else NO_SYNC
     beats = board.get(HEARTBEATS)
     beats = beats if isinstance(beats, HeartbeatStatus) else NO_HEARTBEATS
-    degraded = settings.role in ROLES_RUNNING_AGENTS and (
+    degraded = ROLES[settings.role].agents and (
         not sync.running or sync.last_error is not None or beats.last_error is not None
     )
     restarts = board.restarts()

@@ -16,16 +16,17 @@ from typing import Any
 
 import pykka
 
-from actors.agent import AgentActor
+from actors.agents.agent import AgentActor
+from actors.agents.heartbeat_writer import HeartbeatWriter
 from actors.dispatcher import Dispatcher
-from actors.heartbeat_writer import HeartbeatWriter
 from actors.scheduler import Scheduler, Timers
-from actors.supervision import DEFAULT_BACKOFF, Backoff, SupervisedActor
+from actors.supervision import SupervisedActor
 from agent_runtime import metrics
+from agent_runtime.backoff import DEFAULT_BACKOFF, Backoff
 from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
-from backend import Backend
+from backend.port import Backend
 from messages import (
     AgentList,
     AgentRecord,
