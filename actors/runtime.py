@@ -1,6 +1,8 @@
 """Runtime: the root supervisor. Wires the role's actors and owns the shutdown order.
 
-Children are started in order (HeartbeatWriter, then SyncActor) and stopped in reverse.
+Children are started in order (HeartbeatWriter, SyncActor, Membership) and stopped in
+reverse, after the Membership has deregistered this worker (so the other workers take
+its agents while it stops them), all within one stop deadline.
 A crashed child is restarted with backoff together with its sibling (OTP's one_for_all:
 the SyncActor and its agents hold the writer's ref, and a restart of both is cheap: the
 writer flushes on stop, the new SyncActor re-spawns the agents in its first sync). Past
@@ -10,6 +12,7 @@ exits non-zero so the platform restarts it.
 
 import contextlib
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from typing import Any
 import pykka
 
 from actors.agents.heartbeat_writer import HeartbeatWriter
+from actors.agents.membership import Membership
 from actors.agents.sync import SyncActor
 from actors.dispatcher import Dispatcher
 from actors.scheduler import Scheduler, Timers
@@ -26,12 +30,13 @@ from agent_runtime.backoff import DEFAULT_BACKOFF, Backoff
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
 from backend.port import Backend, Watch
-from messages import AgentsChanged, ChildFailed, RequestSync, TimerFired
+from messages import AgentsChanged, ChildFailed, Deregister, RequestSync, TimerFired
 
 logger = logging.getLogger(__name__)
 
-CHILD_STOP_TIMEOUT_S = 2.5
-"""Per child; the SyncActor's stop includes stopping every agent (sync.STOP_TIMEOUT_S)."""
+DEFAULT_STOP_TIMEOUT_S = 3.4
+"""For the whole of `on_stop`'s children (deregistering, stopping every agent, the last
+presence writes); what has not finished by then is abandoned and logged."""
 
 THREAD_STOP_TIMEOUT_S = 0.5
 """For the dispatcher's and the Scheduler's threads, once every actor has stopped."""
@@ -48,6 +53,10 @@ class RuntimeOptions:
 
     runs_agents: bool
     sync_interval_s: float
+    worker_id: str
+    worker_heartbeat_s: float
+    worker_ttl_ms: int
+    stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
     backoff: Backoff = DEFAULT_BACKOFF
     intensity: tuple[int, float] = (DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_S)
     """(max restarts, within seconds) for core actors before the process gives up."""
@@ -81,8 +90,11 @@ class Runtime(pykka.ThreadingActor):
         self._last_start_s = 0.0
         self._restart_cause: str | None = None
         """The child whose crash the pending restart answers, if one is pending."""
+        self._instance_id = secrets.token_hex(8)
+        """This process's registration, kept across restarts of the Membership."""
         self.writer: pykka.ActorRef[HeartbeatWriter] | None = None
         self.sync: pykka.ActorRef[SyncActor] | None = None
+        self.membership: pykka.ActorRef[Membership] | None = None
 
     def on_start(self) -> None:
         threading.current_thread().name = "Runtime"
@@ -114,21 +126,45 @@ class Runtime(pykka.ThreadingActor):
             dispatcher=self._dispatcher,
             heartbeat_writer=self.writer,
             status_board=self._board,
+            worker_id=self._options.worker_id,
             sync_interval_s=self._options.sync_interval_s,
             poll_change_signal=self._watch is None,
             backoff=self._options.backoff,
         )
+        self.membership = Membership.start(
+            supervisor=self.actor_ref,
+            backend=self._backend,
+            scheduler=self._scheduler,
+            status_board=self._board,
+            sync=self.sync,
+            worker_id=self._options.worker_id,
+            instance_id=self._instance_id,
+            heartbeat_s=self._options.worker_heartbeat_s,
+            ttl_ms=self._options.worker_ttl_ms,
+        )
 
-    def _stop_children(self) -> None:
-        for name in ("sync", "writer"):  # reverse start order
+    def _stop_children(self, deadline_s: float) -> None:
+        """Stop the children in reverse start order, each within what is left until
+        `deadline_s`; one that does not stop in time is abandoned (daemon threads)."""
+        for name in ("membership", "sync", "writer"):
             ref = getattr(self, name)
             setattr(self, name, None)
             if ref is None:
                 continue
             try:
-                ref.stop(timeout=CHILD_STOP_TIMEOUT_S)
+                ref.stop(timeout=max(0.0, deadline_s - monotonic_s()))
             except pykka.Timeout:
-                logger.error("%s did not stop within %.1f s", ref, CHILD_STOP_TIMEOUT_S)
+                logger.error("%s did not stop before the stop deadline; abandoned", ref)
+
+    def _leave(self, deadline_s: float) -> None:
+        if self.membership is None:
+            return
+        try:
+            self.membership.ask(Deregister(), timeout=max(0.0, deadline_s - monotonic_s()))
+        except pykka.Timeout:
+            logger.error("deregistering did not finish before the stop deadline")
+        except pykka.ActorDeadError:
+            logger.warning("membership is gone; this worker's registration will expire")
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ChildFailed):
@@ -160,7 +196,7 @@ class Runtime(pykka.ThreadingActor):
                 f" (last: {failure.error}); giving up"
             )
             logger.critical("%s", reason)
-            self._stop_children()
+            self._stop_children(monotonic_s() + self._options.stop_timeout_s)
             self._on_fatal(reason)
             return
         if now_s - self._last_start_s >= self._options.backoff.reset_after_s:
@@ -170,13 +206,15 @@ class Runtime(pykka.ThreadingActor):
         logger.error(
             "%s crashed: %s; restarting in %.2f s", failure.child_id, failure.error, delay_s
         )
-        self._stop_children()  # one_for_all
+        self._stop_children(monotonic_s() + self._options.stop_timeout_s)  # one_for_all
         self._restart_cause = failure.child_id
         self._timers.start_single(RESTART_TIMER, delay_s)
 
     def on_stop(self) -> None:
+        deadline_s = monotonic_s() + self._options.stop_timeout_s
         self._timers.cancel_all()
-        self._stop_children()
+        self._leave(deadline_s)
+        self._stop_children(deadline_s)
         self._stop_threads()
 
     def _stop_threads(self) -> None:
@@ -190,7 +228,7 @@ class Runtime(pykka.ThreadingActor):
 
     def on_failure(self, *_exc_info: Any) -> None:
         try:
-            self._stop_children()
+            self._stop_children(monotonic_s() + self._options.stop_timeout_s)
             self._stop_threads()
         finally:
             self._on_fatal("the runtime's root actor crashed")

@@ -2,6 +2,6 @@
 
 import sys
 
-from agent_runtime.app.cli import main
+from agent_runtime.app.entry import main
 
 sys.exit(main())

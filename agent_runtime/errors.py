@@ -53,3 +53,15 @@ class AgentNotFound(BackendError):
 
 class InvalidAgent(BackendError):
     """An admin command asked for an agent the runtime would reject (bad name or interval)."""
+
+
+class WorkerIdTaken(BackendError):
+    """Another live process is registered with this WORKER_ID (a second process started
+    with the same fixed WORKER_ID, or a reused pid). It keeps its registration."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(
+            f"worker id {worker_id!r} is registered by another live process; set a unique"
+            " WORKER_ID per process, or leave it unset (host-pid-random)"
+        )
+        self.worker_id = worker_id

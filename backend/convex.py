@@ -25,9 +25,10 @@ from agent_runtime.errors import (
     FunctionError,
     InvalidAgent,
     ServiceKeyRejected,
+    WorkerIdTaken,
 )
 from backend.convex_watch import AgentsWatcher
-from backend.port import Backend
+from backend.port import CLOSE_TIMEOUT_S, Backend
 from backend.retry import Unavailable, call_with_retries
 from messages import AgentRecord, Heartbeat
 from messages.agent import parse_agent_row
@@ -80,10 +81,35 @@ class ConvexBackend(Backend):
     def list_presence(self) -> list[dict[str, Any]]:
         return _rows(self._call("query", "service/presence:list", {}, idempotent=True))
 
-    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
-        if beats:  # setting lastHeartbeatAt to max(old, atMs) twice is harmless
-            args = {"beats": [{"agentId": b.agent_id, "atMs": b.at_ms} for b in beats]}
-            self._call("mutation", "service/presence:recordHeartbeats", args, idempotent=True)
+    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> list[str]:
+        if not beats:
+            return []
+        # Setting lastHeartbeatAt to max(old, atMs) twice is harmless.
+        args = {"beats": [{"agentId": b.agent_id, "atMs": b.at_ms} for b in beats]}
+        answer = self._call("mutation", "service/presence:recordHeartbeats", args, idempotent=True)
+        refused = answer.get("refused") if isinstance(answer, dict) else None
+        if not isinstance(refused, list) or not all(isinstance(r, str) for r in refused):
+            raise FunctionError(f"expected {{refused: [agentId]}}, got {str(answer)[:80]}")
+        return refused
+
+    def register_worker(self, worker_id: str, instance_id: str, ttl_ms: int) -> list[str]:
+        args = {"workerId": worker_id, "instanceId": instance_id, "ttlMs": ttl_ms}
+        try:
+            # A retry after a lost answer renews what the first attempt registered.
+            answer = self._call("mutation", "service/workers:heartbeat", args, idempotent=True)
+        except ApplicationError as error:
+            if error.code == "CONFLICT":
+                raise WorkerIdTaken(worker_id) from None
+            raise
+        return _ids(answer.get("workers") if isinstance(answer, dict) else answer)
+
+    def deregister_worker(self, worker_id: str, instance_id: str) -> bool:
+        args = {"workerId": worker_id, "instanceId": instance_id}
+        answer = self._call("mutation", "service/workers:remove", args, idempotent=True)
+        return isinstance(answer, dict) and answer.get("removed") is True
+
+    def list_workers(self) -> list[str]:
+        return _ids(self._call("query", "service/workers:list", {}, idempotent=True))
 
     def mark_offline(self, agent_ids: Sequence[str]) -> None:
         if agent_ids:
@@ -136,8 +162,8 @@ class ConvexBackend(Backend):
         watcher.start()
         return watcher
 
-    def close(self) -> None:
-        self._http.close()
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        self._http.close()  # closing the pool does not wait for calls in progress
 
     # --- the HTTP API -------------------------------------------------------------------
 
@@ -221,6 +247,12 @@ def _error_text(response: httpx.Response) -> str:
 def _rows(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise FunctionError(f"expected a list of rows, got {type(value).__name__}")
+    return value
+
+
+def _ids(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FunctionError(f"expected a list of worker ids, got {str(value)[:80]}")
     return value
 
 

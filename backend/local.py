@@ -2,13 +2,18 @@
 
 Configuration (`agents`) and presence (`presence`) are separate tables, and only changes
 to `agents` bump the change counter that `agents_version()` reads, so heartbeats never
-look like configuration changes.
+look like configuration changes. Worker registrations (`workers`) expire by this
+machine's clock; the version includes the live set, computed when it is read, so a join,
+a leave and an expiry all change it. Presence expires too: reads report an agent offline
+once its last heartbeat is older than 3 x its interval, and every presence write sets
+such agents offline in the table.
 """
 
+import hashlib
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,17 +21,27 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent_runtime.clock import now_ms
-from agent_runtime.errors import AgentNotFound, BackendError, InvalidAgent
-from backend.port import Backend
+from agent_runtime.errors import AgentNotFound, BackendError, InvalidAgent, WorkerIdTaken
+from backend.port import CLOSE_TIMEOUT_S, Backend
 from messages import AgentRecord, Heartbeat
 from messages.agent import describe_validation_error
 
 BUSY_TIMEOUT_S = 5.0
 """How long a write waits for another process's write lock before failing."""
 
+PRESENCE_TTL_INTERVALS = 3
+"""An agent is online while its last heartbeat is younger than this many intervals."""
+
+MAX_CLOCK_AHEAD_MS = 60_000
+"""A heartbeat stamped further ahead of this machine's clock is refused."""
+
+SCHEMA_VERSION = 2
+"""`PRAGMA user_version` of the current schema; version 1 (user_version 0) allowed a
+NULL agent id and had no workers."""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
-    id TEXT PRIMARY KEY,
+    id TEXT NOT NULL PRIMARY KEY,
     name TEXT NOT NULL,
     session_key TEXT NOT NULL,
     heartbeat_interval_ms INTEGER NOT NULL,
@@ -37,6 +52,11 @@ CREATE TABLE IF NOT EXISTS presence (
     agent_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
     last_heartbeat_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT NOT NULL PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS change_counters (
     name TEXT PRIMARY KEY,
@@ -55,16 +75,49 @@ CREATE TRIGGER IF NOT EXISTS agents_deleted AFTER DELETE ON agents BEGIN
 END;
 """
 
+_MIGRATE_FROM_V1 = """
+ALTER TABLE agents RENAME TO agents_v1;
+CREATE TABLE agents (
+    id TEXT NOT NULL PRIMARY KEY,
+    name TEXT NOT NULL,
+    session_key TEXT NOT NULL,
+    heartbeat_interval_ms INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+INSERT INTO agents SELECT id, name, session_key, heartbeat_interval_ms, created_at, updated_at
+    FROM agents_v1 WHERE id IS NOT NULL;
+DROP TABLE agents_v1;
+"""
+"""Rebuild `agents` with a NOT NULL id (SQLite lets a TEXT PRIMARY KEY be NULL, and
+cannot add the constraint in place); rows without an id are dropped. The old triggers
+go with the old table; SCHEMA creates them again."""
+
 _LIST_AGENTS = """
 SELECT id, name, session_key, heartbeat_interval_ms, updated_at
 FROM agents ORDER BY created_at, rowid
 """
 
-_LIST_PRESENCE = """
-SELECT a.id, p.status, p.last_heartbeat_at
+_LIST_PRESENCE = f"""
+SELECT a.id,
+    CASE WHEN p.status = 'online'
+        AND p.last_heartbeat_at + {PRESENCE_TTL_INTERVALS} * a.heartbeat_interval_ms > :now
+    THEN 'online' ELSE 'offline' END,
+    p.last_heartbeat_at
 FROM agents AS a LEFT JOIN presence AS p ON p.agent_id = a.id
 ORDER BY a.created_at, a.rowid
 """
+
+_EXPIRE_PRESENCE = f"""
+UPDATE presence SET status = 'offline'
+WHERE status = 'online' AND agent_id IN (
+    SELECT a.id FROM agents AS a JOIN presence AS p ON p.agent_id = a.id
+    WHERE p.status = 'online'
+        AND p.last_heartbeat_at + {PRESENCE_TTL_INTERVALS} * a.heartbeat_interval_ms <= :now
+)
+"""
+
+_LIVE_WORKERS = "SELECT worker_id FROM workers WHERE expires_at > ? ORDER BY worker_id"
 
 _RECORD_HEARTBEAT = """
 INSERT INTO presence (agent_id, status, last_heartbeat_at)
@@ -79,11 +132,13 @@ class LocalBackend(Backend):
     """SQLite at `path` (created with its parent folder if missing).
 
     One connection per process, used under a lock; WAL lets other processes read while
-    one writes, and writers wait up to BUSY_TIMEOUT_S for each other.
+    one writes, and writers wait up to BUSY_TIMEOUT_S for each other. `clock` (epoch ms)
+    is the backend's clock: expiry of workers and presence, and record times.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Callable[[], int] = now_ms) -> None:
         self.path = path
+        self.clock = clock
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,9 +148,28 @@ class LocalBackend(Backend):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             with self._lock:
-                self._db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+                self._migrate()
         except (OSError, sqlite3.Error) as error:
             raise BackendError(f"cannot open the local database {str(path)!r}: {error}") from None
+
+    def _migrate(self) -> None:
+        db = self._db
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        has_agents = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agents'"
+        ).fetchone()
+        # Safe to run twice (two processes opening an old file at once): the rebuild
+        # copies whatever `agents` holds.
+        migration = _MIGRATE_FROM_V1 if has_agents and version < SCHEMA_VERSION else ""
+        try:
+            db.executescript(
+                f"BEGIN IMMEDIATE; {migration} {SCHEMA}"
+                f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -112,7 +186,7 @@ class LocalBackend(Backend):
             except sqlite3.Error as error:
                 raise self._storage_error(error) from None
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
@@ -139,21 +213,41 @@ class LocalBackend(Backend):
 
     def list_presence(self) -> list[dict[str, Any]]:
         return [
-            {"agentId": agent_id, "status": status or "offline", "lastHeartbeatAt": last}
-            for agent_id, status, last in self._read(_LIST_PRESENCE)
+            {"agentId": agent_id, "status": status, "lastHeartbeatAt": last}
+            for agent_id, status, last in self._read(_LIST_PRESENCE, {"now": self.clock()})
         ]
 
     def agents_version(self) -> str:
-        rows = self._read("SELECT version FROM change_counters WHERE name = 'agents'")
-        return str(rows[0][0]) if rows else "0"
+        with self._lock:
+            try:
+                (counter,) = self._db.execute(
+                    "SELECT version FROM change_counters WHERE name = 'agents'"
+                ).fetchone()
+                live = self._db.execute(_LIVE_WORKERS, (self.clock(),)).fetchall()
+            except sqlite3.Error as error:
+                raise self._storage_error(error) from None
+        members = hashlib.blake2b("\n".join(w for (w,) in live).encode(), digest_size=6)
+        return f"{counter}.{members.hexdigest()}"
 
-    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
+    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> list[str]:
         if not beats:
-            return
+            return []
+        now = self.clock()
+        ahead = [b for b in beats if b.at_ms > now + MAX_CLOCK_AHEAD_MS]
+        accepted = [
+            {"agent_id": b.agent_id, "at_ms": b.at_ms}
+            for b in beats
+            if b.at_ms <= now + MAX_CLOCK_AHEAD_MS
+        ]
         with self._write() as db:
-            db.executemany(
-                _RECORD_HEARTBEAT, [{"agent_id": b.agent_id, "at_ms": b.at_ms} for b in beats]
-            )
+            db.executemany(_RECORD_HEARTBEAT, accepted)
+            db.execute(_EXPIRE_PRESENCE, {"now": now})
+            # Unknown agents are ignored, as for any beat; only known ones are refused.
+            return [
+                b.agent_id
+                for b in ahead
+                if db.execute("SELECT 1 FROM agents WHERE id = ?", (b.agent_id,)).fetchone()
+            ]
 
     def mark_offline(self, agent_ids: Sequence[str]) -> None:
         if not agent_ids:
@@ -164,6 +258,34 @@ class LocalBackend(Backend):
                 [(agent_id,) for agent_id in agent_ids],
             )
 
+    def register_worker(self, worker_id: str, instance_id: str, ttl_ms: int) -> list[str]:
+        now = self.clock()
+        with self._write() as db:
+            holder = db.execute(
+                "SELECT instance_id FROM workers WHERE worker_id = ? AND expires_at > ?",
+                (worker_id, now),
+            ).fetchone()
+            if holder is not None and holder[0] != instance_id:
+                raise WorkerIdTaken(worker_id)
+            db.execute("DELETE FROM workers WHERE expires_at <= ?", (now,))
+            db.execute(
+                "INSERT OR REPLACE INTO workers (worker_id, instance_id, expires_at)"
+                " VALUES (?, ?, ?)",
+                (worker_id, instance_id, now + ttl_ms),
+            )
+            return [w for (w,) in db.execute(_LIVE_WORKERS, (now,))]
+
+    def deregister_worker(self, worker_id: str, instance_id: str) -> bool:
+        with self._write() as db:
+            removed = db.execute(
+                "DELETE FROM workers WHERE worker_id = ? AND instance_id = ?",
+                (worker_id, instance_id),
+            ).rowcount
+        return removed > 0
+
+    def list_workers(self) -> list[str]:
+        return [w for (w,) in self._read(_LIVE_WORKERS, (self.clock(),))]
+
     def create_agent(
         self, name: str, heartbeat_interval_ms: int, session_key: str | None = None
     ) -> AgentRecord:
@@ -173,7 +295,7 @@ class LocalBackend(Backend):
             name=name,
             session_key=session_key if session_key is not None else f"agent:{agent_id}",
             heartbeat_interval_ms=heartbeat_interval_ms,
-            updated_at=now_ms(),
+            updated_at=self.clock(),
         )
         with self._write() as db:
             db.execute(
@@ -212,7 +334,7 @@ class LocalBackend(Backend):
                 heartbeat_interval_ms=row[2]
                 if heartbeat_interval_ms is None
                 else (heartbeat_interval_ms),
-                updated_at=now_ms(),
+                updated_at=self.clock(),
             )
             db.execute(
                 "UPDATE agents SET name = ?, session_key = ?, heartbeat_interval_ms = ?,"
@@ -232,9 +354,15 @@ class LocalBackend(Backend):
             if db.execute("DELETE FROM agents WHERE id = ?", (agent_id,)).rowcount == 0:
                 raise AgentNotFound(agent_id)
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        # A call blocked on another process's write lock holds `_lock` for up to
+        # BUSY_TIMEOUT_S: a stopping process does not wait for it.
+        if not self._lock.acquire(timeout=timeout_s):
+            return
+        try:
             self._db.close()
+        finally:
+            self._lock.release()
 
 
 def _validated(**fields: Any) -> AgentRecord:

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from messages import AgentRecord, Heartbeat
 
+CLOSE_TIMEOUT_S = 5.0
+
 
 class Watch(Protocol):
     """A running change feed (see `Backend.watch_agents`)."""
@@ -38,7 +40,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def agents_version(self) -> str:
         """A cheap change signal: a value that changes whenever an agent is created,
-        updated or removed, and never because of a heartbeat."""
+        updated or removed, or a worker joins, leaves or expires; never because of a
+        heartbeat."""
 
     # --- presence ----------------------------------------------------------------
 
@@ -60,16 +63,41 @@ class Backend(abc.ABC):
         ]
 
     @abc.abstractmethod
-    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
-        """Set each agent online with `lastHeartbeatAt = at_ms`, in one write.
+    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> list[str]:
+        """Set each agent online with `lastHeartbeatAt = at_ms`, in one write, and
+        return the ids of the refused beats: those more than 60 s ahead of the backend's
+        clock (the worker's clock is wrong; such a beat would pin the agent online).
 
-        Beats for agents that no longer exist are ignored; a beat older than the stored
-        one does not move `lastHeartbeatAt` back.
+        Beats for agents that no longer exist are ignored (not refused); a beat older
+        than the stored one does not move `lastHeartbeatAt` back. Presence expires: an
+        agent reads as offline once `lastHeartbeatAt + 3 x interval` has passed.
         """
 
     @abc.abstractmethod
     def mark_offline(self, agent_ids: Sequence[str]) -> None:
         """Set these agents offline, in one write; unknown ids are ignored."""
+
+    # --- workers (the core fleet) -----------------------------------------------------
+
+    @abc.abstractmethod
+    def register_worker(self, worker_id: str, instance_id: str, ttl_ms: int) -> list[str]:
+        """Register this worker, or renew its registration, live for `ttl_ms` from now
+        by the backend's clock; return the live worker ids, sorted.
+
+        Raises:
+            WorkerIdTaken: a live registration of `worker_id` belongs to another
+                instance (another process started with the same WORKER_ID).
+        """
+
+    @abc.abstractmethod
+    def deregister_worker(self, worker_id: str, instance_id: str) -> bool:
+        """Remove the registration if it belongs to `instance_id`; True if one was
+        removed. Never removes another instance's registration."""
+
+    @abc.abstractmethod
+    def list_workers(self) -> list[str]:
+        """The live worker ids (registrations not yet expired by the backend's clock),
+        sorted."""
 
     # --- administration (the `agents` CLI) -----------------------------------------
 
@@ -113,5 +141,7 @@ class Backend(abc.ABC):
         `agents_version()` instead."""
         return None
 
-    def close(self) -> None:  # noqa: B027 - adapters without resources need not override
-        """Release connections. The backend must not be used afterwards."""
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:  # noqa: B027 - adapters without resources need not override
+        """Release connections, waiting at most `timeout_s` for a call in progress in
+        another thread (past that, they are left to the process's exit). The backend
+        must not be used afterwards."""

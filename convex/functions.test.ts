@@ -114,3 +114,24 @@ test("a failed mutation changes nothing, not even the version", async () => {
   expect(await codeOf(call(t, "mutation", "service/agents:create", args))).toBe("INVALID_ARGUMENT");
   expect(await call(t, "query", "service/agents:version", { serviceKey })).toBe(v1);
 });
+
+test("a bad label's message names the field, is short and has no control characters", async () => {
+  const a = await createAgent("a");
+  const long = `${"x".repeat(5000)}\n`;
+  const worker = { workerId: "w", ttlMs: 5000 };
+  const cases: [string, Record<string, unknown>, string][] = [
+    ["service/agents:create", { name: long, heartbeatIntervalMs: 5000 }, "name"],
+    ["service/agents:update", { agentId: a, sessionKey: "\u009b31m\u0085" }, "sessionKey"],
+    ["service/workers:heartbeat", { ...worker, instanceId: "\u001b[2J" }, "instanceId"],
+  ];
+  for (const [path, args, field] of cases) {
+    const error = await call(t, "mutation", path, { serviceKey, ...args }).then(
+      () => expect.fail("expected a rejection"),
+      (e: unknown) => e as ConvexError<{ code: string; message: string }>,
+    );
+    expect(error.data.code).toBe("INVALID_ARGUMENT");
+    expect(error.data.message).toMatch(new RegExp(`^${field} must be a string of 1 to 200 `));
+    expect(error.data.message.length).toBeLessThan(200);
+    expect(error.data.message).not.toMatch(/[\u0000-\u001f\u007f-\u009f]/);
+  }
+});

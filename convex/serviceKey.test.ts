@@ -16,6 +16,9 @@ const CALLS: [Kind, string, Record<string, unknown>][] = [
   ["query", "service/presence:list", {}],
   ["mutation", "service/presence:recordHeartbeats", { beats: [] }],
   ["mutation", "service/presence:markOffline", { agentIds: [] }],
+  ["mutation", "service/workers:heartbeat", { workerId: "w", instanceId: "i", ttlMs: 5000 }],
+  ["mutation", "service/workers:remove", { workerId: "w", instanceId: "i" }],
+  ["query", "service/workers:list", {}],
   ["action", "service/actions:listAgents", {}],
   ["action", "service/actions:updateAgentHeartbeat", { agentId: "x", atMs: 1 }],
 ];

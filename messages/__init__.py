@@ -6,6 +6,7 @@ from messages.status import HeartbeatStatus, RunningAgent, SyncStatus
 from messages.supervision import ChildFailed
 from messages.sync import AgentsChanged, GetRunningAgents, RequestSync, RunSync
 from messages.timers import TimerFired
+from messages.workers import Deregister, MembershipStatus, RegistrationChanged
 
 __all__ = [
     "AgentList",
@@ -14,9 +15,12 @@ __all__ = [
     "AgentsChanged",
     "AgentsStopped",
     "ChildFailed",
+    "Deregister",
     "GetRunningAgents",
     "Heartbeat",
     "HeartbeatStatus",
+    "MembershipStatus",
+    "RegistrationChanged",
     "RequestSync",
     "RunSync",
     "RunningAgent",

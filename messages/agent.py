@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationError
 
 from messages._base import Message
+from messages.text import CONTROL_CHARACTER, SHOWN_VALUE_CHARS, Label, shown
 
 MAX_HEARTBEAT_INTERVAL_MS = 24 * 60 * 60 * 1000
 """An interval over 24 hours is a data error, not a schedule."""
@@ -17,10 +18,10 @@ CONFIG_FIELDS = frozenset({"id", "name", "session_key", "heartbeat_interval_ms",
 def _whole_number(value: Any) -> Any:
     # JSON backends (Convex) send numbers as floats; strings and bools are data errors.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a whole number, got {value!r}")
+        raise ValueError(f"expected a whole number, got {shown(value)}")
     if isinstance(value, float):
         if not value.is_integer():
-            raise ValueError(f"expected a whole number, got {value!r}")
+            raise ValueError(f"expected a whole number, got {shown(value)}")
         return int(value)
     return value
 
@@ -40,8 +41,8 @@ class AgentRecord(Message):
     """
 
     id: Annotated[str, Field(min_length=1, strict=True)]
-    name: Annotated[str, Field(min_length=1, strict=True)]
-    session_key: Annotated[str, Field(min_length=1, strict=True)]
+    name: Label
+    session_key: Label
     heartbeat_interval_ms: HeartbeatIntervalMs
     status: Literal["online", "offline"] = "offline"
     last_heartbeat_at: EpochMs | None = None
@@ -56,7 +57,8 @@ class AgentRejection(Message):
     """A backend row that is not a valid agent, and why."""
 
     label: str
-    """How to name the row in a log line: its id if it has one, else its name or position."""
+    """How to name the row in a log line: its id if it has one, else its name or position
+    (quoted by `shown` unless it is short and printable)."""
     agent_id: str | None
     problem: str
 
@@ -69,6 +71,8 @@ class AgentList(Message):
 
 
 def describe_validation_error(error: ValidationError) -> str:
+    """The errors in one line, `field: what is wrong` joined by `; `; a bad value is
+    quoted by `shown` (cut to SHOWN_VALUE_CHARS, control characters escaped)."""
     parts = []
     for item in error.errors(include_url=False):
         field = ".".join(str(p) for p in item["loc"]) or "record"
@@ -77,7 +81,7 @@ def describe_validation_error(error: ValidationError) -> str:
         elif item["type"] == "value_error":
             parts.append(f"{field}: {item['msg'].removeprefix('Value error, ')}")
         else:
-            parts.append(f"{field}: {item['msg'].lower()} (got {item['input']!r})")
+            parts.append(f"{field}: {item['msg'].lower()} (got {shown(item['input'])})")
     return "; ".join(parts)
 
 
@@ -93,7 +97,11 @@ def parse_agent_row(row: Any, position: int) -> AgentRecord | AgentRejection:
         raw_id = row.get("id") if isinstance(row, Mapping) else None
         agent_id = raw_id if isinstance(raw_id, str) and raw_id else None
         name = row.get("name") if isinstance(row, Mapping) else None
-        label = agent_id or (f"name={name!r}" if name else f"row #{position}")
+        if agent_id:
+            plain = len(agent_id) <= SHOWN_VALUE_CHARS and not CONTROL_CHARACTER.search(agent_id)
+            label = agent_id if plain else shown(agent_id)
+        else:
+            label = f"name={shown(name)}" if name else f"row #{position}"
         return AgentRejection(
             label=label, agent_id=agent_id, problem=describe_validation_error(error)
         )

@@ -13,9 +13,16 @@ class Heartbeat(Message):
 
     agent_id: Annotated[str, Field(strict=True)]
     at_ms: EpochMs
+    interval_ms: int | None = None
+    """The agent's heartbeat interval: the writer writes the beat within half of it (and
+    within FLUSH_INTERVAL_S), so presence, which expires after 3 intervals, stays fresh
+    for short intervals too. None: within FLUSH_INTERVAL_S."""
 
 
 class AgentsStopped(Message):
-    """SyncActor -> HeartbeatWriter: these agents stopped; mark them offline."""
+    """SyncActor -> HeartbeatWriter: these agents stopped here; write their last beats,
+    forget them, and mark the `offline` ones offline (the others moved to another
+    worker, or this worker lost its registration)."""
 
     agent_ids: tuple[str, ...]
+    offline: tuple[str, ...]

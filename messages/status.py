@@ -11,6 +11,8 @@ class RunningAgent(Message):
 
     record: AgentRecord
     restarts: int
+    restarting: bool
+    """Crashed, waiting for its restart."""
 
 
 class SyncStatus(Message):
@@ -22,6 +24,11 @@ class SyncStatus(Message):
     added_count: int
     removed_count: int
     updated_count: int
+    worker_id: str
+    registered: bool
+    """False while this worker is not registered (it then runs no agents)."""
+    live_workers: tuple[str, ...]
+    """The live workers the last sync divided the agents over, sorted, this one included."""
     agents: tuple[RunningAgent, ...]
 
 
@@ -32,3 +39,4 @@ class HeartbeatStatus(Message):
     last_flush_at: int | None
     last_error: str | None
     pending: int
+    pending_offline: int

@@ -21,8 +21,14 @@ T = TypeVar("T")
 POLL_S = 0.01
 
 
-def wait_for(predicate: Callable[[], T], timeout_s: float = 5.0, what: str = "condition") -> T:
-    """Return the first truthy value of `predicate()`, polling until `timeout_s` passes.
+def wait_for(
+    predicate: Callable[[], T],
+    timeout_s: float = 5.0,
+    what: str = "condition",
+    poll_s: float | None = None,
+) -> T:
+    """Return the first truthy value of `predicate()`, polling (every `poll_s`, default
+    POLL_S) until `timeout_s` passes.
 
     Raises AssertionError naming `what` if the deadline passes first.
     """
@@ -33,7 +39,7 @@ def wait_for(predicate: Callable[[], T], timeout_s: float = 5.0, what: str = "co
             return value
         if monotonic_s() >= deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        _pause()
+        _pause(poll_s)
 
 
 def stays_false(predicate: Callable[[], object], window_s: float) -> bool:
@@ -49,9 +55,9 @@ def stays_false(predicate: Callable[[], object], window_s: float) -> bool:
 _NEVER_SET = threading.Event()
 
 
-def _pause() -> None:
+def _pause(poll_s: float | None = None) -> None:
     # The poll interval of a deadline-bounded wait; the condition decides, not the pause.
-    _NEVER_SET.wait(POLL_S)
+    _NEVER_SET.wait(POLL_S if poll_s is None else poll_s)
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent_runtime.errors import AgentNotFound, InvalidAgent
+from agent_runtime.errors import AgentNotFound, InvalidAgent, WorkerIdTaken
 from backend.local import LocalBackend
 from messages import AgentRecord, Heartbeat
 from messages.agent import describe_validation_error
+from messages.text import label_problem
 from tests.fake_convex import ServiceError
 
 
@@ -36,6 +37,13 @@ class LocalService:
             "service/presence:list": ("query", lambda a: backend.list_presence(), set()),
             "service/presence:recordHeartbeats": ("mutation", self._record_heartbeats, {"beats"}),
             "service/presence:markOffline": ("mutation", self._mark_offline, {"agentIds"}),
+            "service/workers:heartbeat": (
+                "mutation",
+                self._worker_heartbeat,
+                {"workerId", "instanceId", "ttlMs"},
+            ),
+            "service/workers:remove": ("mutation", self._worker_remove, {"workerId", "instanceId"}),
+            "service/workers:list": ("query", lambda a: backend.list_workers(), set()),
             "service/actions:listAgents": (
                 "action",
                 lambda a: backend.list_agents_with_presence(),
@@ -68,6 +76,8 @@ class LocalService:
             raise ServiceError("NOT_FOUND", str(error)) from None
         except InvalidAgent as error:
             raise ServiceError("INVALID_ARGUMENT", str(error)) from None
+        except WorkerIdTaken as error:
+            raise ServiceError("CONFLICT", str(error)) from None
 
     def _create(self, args: dict[str, Any]) -> dict[str, Any]:
         record = self.backend.create_agent(
@@ -90,11 +100,11 @@ class LocalService:
     def _remove(self, args: dict[str, Any]) -> None:
         self.backend.remove_agent(_string(args, "agentId"))
 
-    def _record_heartbeats(self, args: dict[str, Any]) -> None:
+    def _record_heartbeats(self, args: dict[str, Any]) -> dict[str, list[str]]:
         beats = args.get("beats")
         if not isinstance(beats, list):
             raise ServiceError("INVALID_ARGUMENT", f"beats: expected an array, got {beats!r}")
-        self.backend.record_heartbeats([_heartbeat(b) for b in beats])
+        return {"refused": self.backend.record_heartbeats([_heartbeat(b) for b in beats])}
 
     def _mark_offline(self, args: dict[str, Any]) -> None:
         ids = args.get("agentIds")
@@ -103,12 +113,30 @@ class LocalService:
         self.backend.mark_offline(ids)
 
     def _update_heartbeat(self, args: dict[str, Any]) -> None:
-        self.backend.record_heartbeats(
-            [_heartbeat({k: args[k] for k in args if k != "serviceKey"})]
-        )
+        beat = _heartbeat({k: args[k] for k in args if k != "serviceKey"})
+        if self.backend.record_heartbeats([beat]):
+            raise ServiceError("INVALID_ARGUMENT", "atMs: more than 60 s ahead of the clock")
+
+    def _worker_heartbeat(self, args: dict[str, Any]) -> dict[str, Any]:
+        worker_id, instance_id = _label(args, "workerId"), _label(args, "instanceId")
+        ttl_ms = args.get("ttlMs")
+        if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int | float):
+            raise ServiceError("INVALID_ARGUMENT", f"ttlMs: expected a number, got {ttl_ms!r}")
+        if ttl_ms != int(ttl_ms) or not MIN_TTL_MS <= ttl_ms <= MAX_TTL_MS:
+            raise ServiceError(
+                "INVALID_ARGUMENT",
+                f"ttlMs: expected a whole number from {MIN_TTL_MS} to {MAX_TTL_MS}, got {ttl_ms}",
+            )
+        workers = self.backend.register_worker(worker_id, instance_id, int(ttl_ms))
+        return {"workers": workers, "expiresAt": self.backend.clock() + int(ttl_ms)}
+
+    def _worker_remove(self, args: dict[str, Any]) -> dict[str, bool]:
+        worker_id, instance_id = _label(args, "workerId"), _label(args, "instanceId")
+        return {"removed": self.backend.deregister_worker(worker_id, instance_id)}
 
 
 _FIELDS = {"agentId", "name", "heartbeatIntervalMs", "sessionKey"}
+MIN_TTL_MS, MAX_TTL_MS = 1_000, 600_000
 
 
 def _check_arguments(args: dict[str, Any], takes: set[str]) -> None:
@@ -141,6 +169,14 @@ def _string(args: dict[str, Any], name: str) -> str:
     value = args.get(name)
     if not isinstance(value, str):
         raise ServiceError("INVALID_ARGUMENT", f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def _label(args: dict[str, Any], name: str) -> str:
+    value = _string(args, name)
+    problem = label_problem(value)
+    if problem is not None:
+        raise ServiceError("INVALID_ARGUMENT", f"{name}: {problem}")
     return value
 
 

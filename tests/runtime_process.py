@@ -102,6 +102,22 @@ class RuntimeProcess:
         result: dict[str, Any] = response.json()
         return result
 
+    def agents(self) -> list[dict[str, Any]]:
+        """GET /agents: the agents this worker runs."""
+        response = self.get("/agents")
+        response.raise_for_status()
+        listed: list[dict[str, Any]] = response.json()
+        return listed
+
+    def agent(self, agent_id: str) -> dict[str, Any] | None:
+        """GET /agents/{id}: the agent if it runs here, else None (404)."""
+        response = self.get(f"/agents/{agent_id}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        found: dict[str, Any] = response.json()
+        return found
+
     def get(self, path: str) -> httpx.Response:
         return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
 

@@ -84,7 +84,13 @@ def test_cli_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
         ("PORT", "70000", "PORT='70000' is invalid: expected a TCP port from 0 to 65535"),
         ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is invalid"),
         ("APP_ENV", "staging", "APP_ENV='staging' is invalid: expected development or production"),
-        ("WORKER_ID", "", "WORKER_ID='' is invalid: expected a non-empty name"),
+        ("WORKER_ID", "", "WORKER_ID='' is invalid: expected a name of 1 to 200 characters"),
+        ("WORKER_ID", "a\tb", "WORKER_ID='a\\tb' is invalid: expected a name of 1 to 200"),
+        (
+            "WORKER_TTL_MS",
+            "10000",
+            "WORKER_TTL_MS=10000 is invalid: expected at least 3 x WORKER_HEARTBEAT_MS = 15000",
+        ),
     ],
 )
 def test_bad_value_is_one_line_naming_variable_value_and_expectation(

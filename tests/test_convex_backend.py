@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from agent_runtime.clock import now_ms
 from agent_runtime.errors import (
     AgentNotFound,
     BackendUnavailable,
     FunctionError,
     InvalidAgent,
     ServiceKeyRejected,
+    WorkerIdTaken,
 )
 from backend.convex import CLIENT_VERSION, ConvexBackend
 from messages import Heartbeat
@@ -50,9 +52,12 @@ def test_every_port_call_round_trips(convex: ConvexBackend) -> None:
         f"agent:{record.id}",
     )
     assert convex.agents_version() != version
-    convex.record_heartbeats([Heartbeat(agent_id=record.id, at_ms=1_700_000_000_000)])
+    beat_at = now_ms()
+    ahead = Heartbeat(agent_id=record.id, at_ms=beat_at + 120_000)
+    assert convex.record_heartbeats([ahead]) == [record.id]  # refused: 2 min in the future
+    assert convex.record_heartbeats([Heartbeat(agent_id=record.id, at_ms=beat_at)]) == []
     assert convex.list_presence() == [
-        {"agentId": record.id, "status": "online", "lastHeartbeatAt": 1_700_000_000_000}
+        {"agentId": record.id, "status": "online", "lastHeartbeatAt": beat_at}
     ]
     updated = convex.update_agent(record.id, heartbeat_interval_ms=1000, session_key="s2")
     assert (updated.heartbeat_interval_ms, updated.session_key) == (1000, "s2")
@@ -63,6 +68,16 @@ def test_every_port_call_round_trips(convex: ConvexBackend) -> None:
     assert convex.list_presence()[0]["status"] == "offline"
     convex.remove_agent(record.id)
     assert convex.list_agents() == []
+    before = convex.agents_version()
+    assert convex.register_worker("w2", "i2", 60_000) == ["w2"]
+    assert convex.register_worker("w1", "i1", 60_000) == ["w1", "w2"]
+    assert convex.list_workers() == ["w1", "w2"]
+    assert convex.agents_version() != before
+    with pytest.raises(WorkerIdTaken, match="'w1'"):
+        convex.register_worker("w1", "another-process", 60_000)
+    assert not convex.deregister_worker("w1", "another-process")
+    assert convex.deregister_worker("w1", "i1")
+    assert convex.list_workers() == ["w2"]
 
 
 def test_every_request_carries_the_service_key(

@@ -75,9 +75,7 @@ def test_failing_sync_is_reported_in_health_and_recovers(
     wait_for(
         lambda: (
             runtime.health()["status"] == "ok"
-            and any(
-                a["id"] == agent_id and a["lastHeartbeatAt"] for a in runtime.health()["agents"]
-            )
+            and any(a["id"] == agent_id and a["lastHeartbeatAt"] for a in runtime.agents())
         ),
         timeout_s=10,
         what="recovery: sync ok and the agent online",
@@ -113,9 +111,11 @@ def test_wrong_service_key_keeps_the_runtime_up_and_never_logs_the_key(
     }
     runtime = runtime_on(env)
     health = wait_for(
-        lambda: (h := runtime.health())["agentSync"]["lastError"] and h, what="the refusal"
+        lambda: (h := runtime.health())["workers"]["lastError"] and h, what="the refusal"
     )
-    assert "refused the service key" in health["agentSync"]["lastError"]
+    assert "refused the service key" in health["workers"]["lastError"]
+    assert health["status"] == "degraded"
+    assert not health["workers"]["registered"]
     wait_for(lambda: "agent subscription failed" in runtime.text(), what="watcher failure")
     assert runtime.proc.poll() is None
     assert "wrong-key-123" not in runtime.text()
@@ -151,7 +151,13 @@ class InProcessRuntime:
             deployment.url, SecretStr(SECRET), read_timeout_s=2.0, subscribe=subscribe
         )
         self.runtime = Runtime.start(
-            options=RuntimeOptions(runs_agents=True, sync_interval_s=60.0),
+            options=RuntimeOptions(
+                runs_agents=True,
+                sync_interval_s=60.0,
+                worker_id="w1",
+                worker_heartbeat_s=5.0,
+                worker_ttl_ms=15_000,
+            ),
             backend=self.backend,
             status_board=self.board,
             on_fatal=lambda reason: None,

@@ -29,10 +29,6 @@ def agents_json(env: dict[str, str]) -> list[dict[str, Any]]:
     return listed
 
 
-def health_agent(runtime: RuntimeProcess, agent_id: str) -> dict[str, Any] | None:
-    return next((a for a in runtime.health()["agents"] if a["id"] == agent_id), None)
-
-
 def add_agent(env: dict[str, str], name: str, interval_ms: int) -> str:
     result = cli(env, "agents", "add", name, "--heartbeat-interval", str(interval_ms))
     assert result.returncode == 0, result.stderr
@@ -50,11 +46,11 @@ def test_added_agent_is_online_within_3_s_without_restart(
     added_s = monotonic_s()  # the agent exists from here (the CLI's own start-up excluded)
 
     def in_health() -> bool:
-        agent = health_agent(runtime, agent_id)
+        agent = runtime.agent(agent_id)
         return bool(agent and agent["lastHeartbeatAt"])
 
-    # /health shows what the backend accepted; it is cheap to poll, so the time is exact.
-    wait_for(in_health, timeout_s=3.0 + 1.0, what="the agent online in /health")
+    # /agents shows what the backend accepted; it is cheap to poll, so the time is exact.
+    wait_for(in_health, timeout_s=3.0 + 1.0, what="the agent online in /agents")
     assert monotonic_s() - added_s <= 3.0
     listed = [a for a in agents_json(env) if a["id"] == agent_id]
     assert listed[0]["status"] == "online"
@@ -62,13 +58,15 @@ def test_added_agent_is_online_within_3_s_without_restart(
     health = runtime.health()
     assert health["status"] == "ok"
     assert health["agentSync"]["addedCount"] == 1
-    (agent,) = health["agents"]
+    assert health["agents"] == {"running": 1, "online": 1, "restarting": 0}
+    (agent,) = runtime.agents()
     assert agent == {
         "id": agent_id,
         "name": "scout",
         "sessionKey": f"agent:{agent_id}",
         "heartbeatIntervalMs": 5000,
         "lastHeartbeatAt": agent["lastHeartbeatAt"],
+        "status": "online",
         "restarts": 0,
     }
 
@@ -95,7 +93,7 @@ def test_removed_agent_leaves_health_and_stops_beating(
     agent_id = add_agent(env, "brief", 300)
     wait_for(lambda: runtime.beat_times_s(agent_id), what="a first beat")
     assert cli(env, "agents", "remove", agent_id).returncode == 0
-    wait_for(lambda: health_agent(runtime, agent_id) is None, what="gone from /health")
+    wait_for(lambda: runtime.agent(agent_id) is None, what="gone from /agents")
     wait_for(lambda: "agent stopped" in runtime.text(), what="the actor stopped")
     count = len(runtime.beat_times_s(agent_id))
     assert stays_false(lambda: len(runtime.beat_times_s(agent_id)) > count, 1.0)
@@ -125,7 +123,7 @@ def test_sigint_also_shuts_down_cleanly(runtime: RuntimeProcess) -> None:
 
 def test_sigusr1_logs_every_thread_traceback(env: dict[str, str], runtime: RuntimeProcess) -> None:
     agent_id = add_agent(env, "dumped", 1000)
-    wait_for(lambda: health_agent(runtime, agent_id), what="agent running")
+    wait_for(lambda: runtime.agent(agent_id), what="agent running")
     runtime.signal(signal.SIGUSR1)
     wait_for(
         lambda: "Scheduler" in runtime.text() and "Current state of" in runtime.text(),
@@ -147,7 +145,7 @@ def test_metrics_are_served_in_prometheus_format(
     env: dict[str, str], runtime: RuntimeProcess
 ) -> None:
     agent_id = add_agent(env, "counted", 300)
-    wait_for(lambda: (health_agent(runtime, agent_id) or {}).get("lastHeartbeatAt"), what="a beat")
+    wait_for(lambda: (runtime.agent(agent_id) or {}).get("lastHeartbeatAt"), what="a beat")
     response = runtime.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")

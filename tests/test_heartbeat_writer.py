@@ -28,10 +28,11 @@ class Recorded:
         self.backend.record_heartbeats.side_effect = self._record
         self.backend.mark_offline.side_effect = self._offline
 
-    def _record(self, beats: Any) -> None:
+    def _record(self, beats: Any) -> list[str]:
         with self.lock:
             self.writes.append((monotonic_s(), {b.agent_id: b.at_ms for b in beats}))
             self.calls.append("record")
+        return []
 
     def _offline(self, ids: Any) -> None:
         with self.lock:
@@ -96,7 +97,7 @@ def test_writes_are_spaced_and_a_beat_waits_at_most_the_flush_interval(
 def test_failed_write_keeps_the_beats_and_retries(
     writer: Any, recorded: Recorded, board: StatusBoard
 ) -> None:
-    recorded.backend.record_heartbeats.side_effect = [BackendError("backend down"), None]
+    recorded.backend.record_heartbeats.side_effect = [BackendError("backend down"), []]
     writer.tell(Heartbeat(agent_id="a", at_ms=7))
     wait_for(lambda: recorded.backend.record_heartbeats.call_count == 1, what="failed write")
     status = board.get("heartbeats")
@@ -116,7 +117,7 @@ def test_agents_stopped_flushes_then_marks_offline(writer: Any, recorded: Record
     writer.tell(Heartbeat(agent_id="a", at_ms=1))
     wait_for(recorded.written, what="first write")
     writer.tell(Heartbeat(agent_id="a", at_ms=2))
-    writer.ask(AgentsStopped(agent_ids=("a",)))
+    writer.ask(AgentsStopped(agent_ids=("a",), offline=("a",)))
     assert recorded.calls == ["record", "record", "offline:a"]
     assert recorded.written()[-1] == {"a": 2}
 
@@ -132,8 +133,8 @@ def test_stop_flushes_what_is_pending(writer: Any, recorded: Recorded) -> None:
 def test_error_clears_once_offline_marks_succeed_even_without_beats(
     writer: Any, recorded: Recorded, board: StatusBoard
 ) -> None:
-    recorded.backend.mark_offline.side_effect = [BackendError("backend down"), None]
-    writer.ask(AgentsStopped(agent_ids=("gone",)))
+    recorded.backend.mark_offline.side_effect = [BackendError("backend down"), []]
+    writer.ask(AgentsStopped(agent_ids=("gone",), offline=("gone",)))
     status = board.get("heartbeats")
     assert isinstance(status, HeartbeatStatus)
     assert status.last_error is not None
@@ -153,10 +154,52 @@ def test_stopped_agent_whose_last_beat_failed_is_never_written_online_again(
     recorded.backend.record_heartbeats.side_effect = BackendError("backend down")
     writer.tell(Heartbeat(agent_id="a", at_ms=2))
     writer.tell(Heartbeat(agent_id="b", at_ms=2))
-    writer.ask(AgentsStopped(agent_ids=("a",)))
+    writer.ask(AgentsStopped(agent_ids=("a",), offline=("a",)))
     recorded.backend.record_heartbeats.side_effect = recorded._record
     calls = recorded.backend.record_heartbeats.call_count
     wait_for(lambda: recorded.backend.record_heartbeats.call_count > calls, what="the retry")
     writer.stop()
     assert recorded.written()[-1] == {"b": 2}
     assert all("a" not in w for w in recorded.written()[1:])
+
+
+def test_moved_agents_are_forgotten_without_offline_marks(
+    writer: pykka.ActorRef[HeartbeatWriter], recorded: Recorded
+) -> None:
+    writer.tell(Heartbeat(agent_id="moved", at_ms=5))
+    writer.ask(AgentsStopped(agent_ids=("moved",), offline=()))
+    writer.stop()  # flushes: nothing left to write
+    assert recorded.calls == ["record"]
+    assert recorded.written() == [{"moved": 5}]
+
+
+def test_refused_beats_are_reported_and_dropped(
+    writer: pykka.ActorRef[HeartbeatWriter], recorded: Recorded, board: StatusBoard
+) -> None:
+    recorded.backend.record_heartbeats.side_effect = lambda beats: [b.agent_id for b in beats]
+    writer.tell(Heartbeat(agent_id="ahead", at_ms=10**13))
+
+    def reported() -> bool:
+        status = board.get("heartbeats")
+        return isinstance(status, HeartbeatStatus) and "clock" in (status.last_error or "")
+
+    wait_for(reported, what="the refusal in the status")
+    status = board.get("heartbeats")
+    assert isinstance(status, HeartbeatStatus)
+    assert status.pending == 0  # not retried: the same clock would be refused again
+    assert "ahead" not in status.last_written_at
+
+
+def test_a_short_interval_beat_waits_at_most_half_its_interval(
+    writer: pykka.ActorRef[HeartbeatWriter], recorded: Recorded
+) -> None:
+    writer.tell(Heartbeat(agent_id="a", at_ms=1, interval_ms=600))
+    wait_for(lambda: len(recorded.written()) == 1, what="the first beat, at once")
+    writer.ask(Heartbeat(agent_id="a", at_ms=2, interval_ms=600))
+    told_s = monotonic_s()
+    wait_for(lambda: len(recorded.written()) == 2, what="the second beat")
+    with recorded.lock:
+        written_s = recorded.writes[1][0]
+    # Without the interval: FLUSH_INTERVAL_S (1 s) later; with it: 0.3 s (at least the
+    # 0.5 s spacing after the first write).
+    assert written_s - told_s < FLUSH_INTERVAL_S - 0.2

@@ -11,6 +11,7 @@ from pytest_mock import MockerFixture
 
 from actors.agents.agent import AgentActor
 from actors.agents.heartbeat_writer import HeartbeatWriter
+from actors.agents.ownership import owner_of
 from actors.agents.sync import STATUS_NAME, SyncActor
 from actors.dispatcher import Dispatcher
 from actors.scheduler import Scheduler
@@ -18,10 +19,11 @@ from agent_runtime.backoff import Backoff
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
 from backend.port import Backend
-from messages import GetRunningAgents, RequestSync, SyncStatus
+from messages import GetRunningAgents, RegistrationChanged, RequestSync, SyncStatus
 from tests.conftest import stays_false, wait_for
 
 FAST_BACKOFF = Backoff(min_s=0.05, max_s=0.2, random_factor=0.2)
+WORKER = "w1"
 
 
 def row(agent_id: str, interval_ms: int = 100, **overrides: Any) -> dict[str, Any]:
@@ -54,10 +56,12 @@ class Fleet:
         self._lock = threading.Lock()
         self.beats: list[tuple[str, int]] = []
         self.offline: list[str] = []
+        self.workers = [WORKER]
         self.backend = mocker.create_autospec(Backend, instance=True)
         self.backend.list_agents.side_effect = self._list
         self.backend.agents_version.side_effect = lambda: str(self.version)
         self.backend.record_heartbeats.side_effect = self._record
+        self.backend.list_workers.side_effect = lambda: list(self.workers)
         self.backend.mark_offline.side_effect = self.offline.extend
         self.scheduler = scheduler
         self.board = board
@@ -68,9 +72,10 @@ class Fleet:
         with self._lock:
             return [dict(r) for r in self.rows]
 
-    def _record(self, beats: Any) -> None:
+    def _record(self, beats: Any) -> list[str]:
         with self._lock:
             self.beats.extend((b.agent_id, b.at_ms) for b in beats)
+        return []
 
     def set_rows(self, *rows: dict[str, Any]) -> None:
         """Replace the agent list and move the change signal, as an admin edit would."""
@@ -78,7 +83,7 @@ class Fleet:
             self.rows = list(rows)
             self.version += 1
 
-    def start(self, sync_interval_s: float = 60.0) -> None:
+    def start(self, sync_interval_s: float = 60.0, *, registered: bool = True) -> None:
         self.writer = HeartbeatWriter.start(
             supervisor=None, backend=self.backend, scheduler=self.scheduler, status_board=self.board
         )
@@ -89,9 +94,18 @@ class Fleet:
             dispatcher=self.dispatcher,
             heartbeat_writer=self.writer,
             status_board=self.board,
+            worker_id=WORKER,
             sync_interval_s=sync_interval_s,
             backoff=FAST_BACKOFF,
         )
+        if registered:  # as the Membership actor says once its registration is in
+            self.sync.tell(RegistrationChanged(registered=True))
+
+    def set_workers(self, *workers: str) -> None:
+        """Replace the live workers and move the change signal, as a join or leave does."""
+        with self._lock:
+            self.workers = list(workers)
+            self.version += 1
 
     def running(self) -> set[str]:
         assert self.sync is not None
@@ -261,15 +275,73 @@ def test_agent_whose_record_turns_invalid_keeps_running_on_its_last_good_record(
     assert fleet.agent_ref("a").proxy().record.get().heartbeat_interval_ms == 100
 
 
-def test_stopping_the_sync_actor_stops_agents_and_marks_them_offline(fleet: Fleet) -> None:
+def test_the_last_worker_leaving_marks_its_agents_offline(fleet: Fleet) -> None:
     fleet.set_rows(row("a"), row("b"))
     fleet.start()
     wait_for(lambda: fleet.running() == {"a", "b"}, what="agents running")
     assert fleet.sync is not None
+    fleet.workers = []  # the Membership deregistered first; nobody else is live
     fleet.sync.stop()
     fleet.sync = None
     wait_for(lambda: set(fleet.offline) == {"a", "b"}, what="both marked offline")
     assert pykka.ActorRegistry.get_by_class(AgentActor) == []
+
+
+def test_leaving_while_another_worker_is_live_marks_nothing_offline(fleet: Fleet) -> None:
+    fleet.set_rows(row("a"), row("b"))
+    fleet.start()
+    wait_for(lambda: fleet.running() == {"a", "b"}, what="agents running")
+    assert fleet.sync is not None
+    assert fleet.writer is not None
+    fleet.workers = ["w2"]  # deregistered; w2 takes every agent
+    fleet.sync.stop()
+    fleet.sync = None
+    fleet.writer.stop()  # flushes whatever is pending, offline marks included
+    fleet.writer = None
+    assert fleet.offline == []
+    assert pykka.ActorRegistry.get_by_class(AgentActor) == []
+
+
+def test_a_restart_while_still_registered_marks_nothing_offline(fleet: Fleet) -> None:
+    fleet.set_rows(row("a"))
+    fleet.start()
+    wait_for(lambda: fleet.running() == {"a"}, what="agent running")
+    assert fleet.sync is not None
+    assert fleet.writer is not None
+    fleet.sync.stop()  # this worker is still listed live: its actors are restarting
+    fleet.sync = None
+    fleet.writer.stop()
+    fleet.writer = None
+    assert fleet.offline == []
+
+
+def test_runs_only_the_agents_it_owns_and_hands_over_on_a_join(fleet: Fleet) -> None:
+    ids = [f"agent-{i}" for i in range(40)]
+    fleet.set_rows(*(row(i) for i in ids))
+    fleet.start()
+    wait_for(lambda: fleet.running() == set(ids), what="every agent on the only worker")
+    fleet.set_workers(WORKER, "w2")
+    mine = {i for i in ids if owner_of(i, [WORKER, "w2"]) == WORKER}
+    assert 0 < len(mine) < len(ids)  # 40 agents over 2 workers: both get some
+    wait_for(lambda: fleet.running() == mine, what="w2's agents handed over")
+    assert fleet.offline == []  # moved, not gone: w2 beats for them now
+    assert fleet.status().live_workers == (WORKER, "w2")
+    fleet.set_workers(WORKER)  # w2 died or left
+    wait_for(lambda: fleet.running() == set(ids), what="every agent back")
+    assert fleet.offline == []
+
+
+def test_an_unregistered_worker_runs_no_agents(fleet: Fleet) -> None:
+    fleet.set_rows(row("a"))
+    fleet.start(registered=False)
+    assert fleet.sync is not None
+    fleet.sync.tell(RequestSync(reason="test"))
+    assert stays_false(fleet.running, 0.3)
+    fleet.sync.tell(RegistrationChanged(registered=True))
+    wait_for(lambda: fleet.running() == {"a"}, what="runs once registered")
+    fleet.sync.tell(RegistrationChanged(registered=False))  # another process took the id
+    wait_for(lambda: fleet.running() == set(), what="stops again")
+    assert fleet.offline == []
 
 
 def test_failing_sync_retries_on_backoff_not_on_every_change_poll(fleet: Fleet) -> None:

@@ -98,7 +98,13 @@ class AgentActor(Supervised, PooledActor):
         now_s = monotonic_s()
         metrics.HEARTBEAT_LATENESS.observe(max(0.0, now_s - tick.due_s))
         self._last_beat_s = now_s
-        self._heartbeat_writer.tell(Heartbeat(agent_id=self.record.id, at_ms=now_ms()))
+        self._heartbeat_writer.tell(
+            Heartbeat(
+                agent_id=self.record.id,
+                at_ms=now_ms(),
+                interval_ms=self.record.heartbeat_interval_ms,
+            )
+        )
         logger.debug("heartbeat")
 
     def _update(self, new: AgentRecord) -> None:

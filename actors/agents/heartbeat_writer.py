@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 1.0
 """A heartbeat waits at most this long before it is written."""
 
+INTERVAL_FRACTION = 0.5
+"""...and at most this fraction of the agent's interval: presence expires after 3
+intervals, so a 1 s agent whose beats waited a whole second would come close."""
+
 MIN_FLUSH_SPACING_S = 0.5
 """Writes are at least this far apart: at most 2 backend writes per second, whatever N."""
 
@@ -33,7 +37,8 @@ STATUS_NAME = "heartbeats"
 class HeartbeatWriter(SupervisedActor):
     """Buffers `Heartbeat`s (latest per agent) and writes them in one call per flush.
 
-    A flush happens at most FLUSH_INTERVAL_S after a heartbeat arrives, and sooner
+    A flush happens at most FLUSH_INTERVAL_S (and half the agent's interval) after a
+    heartbeat arrives, and sooner
     (but never closer than MIN_FLUSH_SPACING_S to the previous one) when an agent beats
     for the first time, so new agents show online quickly. A failed write keeps the
     heartbeats and retries at the next flush. `AgentsStopped` writes what is pending,
@@ -71,7 +76,7 @@ class HeartbeatWriter(SupervisedActor):
                 self._flush_due_s = None
                 self._flush()
         elif isinstance(message, AgentsStopped):
-            self._stopped(message.agent_ids)
+            self._stopped(message)
         else:
             super().on_receive(message)
 
@@ -81,7 +86,10 @@ class HeartbeatWriter(SupervisedActor):
             self._pending[beat.agent_id] = beat
         first_beat = beat.agent_id not in self._last_written_at
         now_s = monotonic_s()
-        due_s = now_s if first_beat else now_s + FLUSH_INTERVAL_S
+        wait_s = FLUSH_INTERVAL_S
+        if beat.interval_ms is not None:
+            wait_s = min(wait_s, beat.interval_ms / 1000 * INTERVAL_FRACTION)
+        due_s = now_s if first_beat else now_s + wait_s
         self._arm_flush(max(due_s, self._last_flush_s + MIN_FLUSH_SPACING_S))
 
     def _arm_flush(self, due_s: float) -> None:
@@ -105,17 +113,24 @@ class HeartbeatWriter(SupervisedActor):
         beats = list(self._pending.values())
         self._pending.clear()
         try:
-            self._backend.record_heartbeats(beats)
+            refused = self._backend.record_heartbeats(beats)
         except BackendError as error:
             metrics.PRESENCE_WRITE_FAILURES.labels(call="record_heartbeats").inc()
             for beat in beats:  # nothing newer can have arrived during the call
                 self._pending[beat.agent_id] = beat
             return f"heartbeat write failed, will retry: {error}"
         metrics.HEARTBEAT_WRITES.inc()
-        metrics.HEARTBEATS_WRITTEN.inc(len(beats))
+        metrics.HEARTBEATS_WRITTEN.inc(len(beats) - len(refused))
+        refused_ids = set(refused)
         for beat in beats:
-            self._last_written_at[beat.agent_id] = beat.at_ms
+            if beat.agent_id not in refused_ids:
+                self._last_written_at[beat.agent_id] = beat.at_ms
         self._last_flush_at = now_ms()
+        if refused:  # dropped, not retried: the same clock would be refused again
+            return (
+                f"{len(refused)} heartbeat(s) refused: this worker's clock is more than 60 s"
+                " ahead of the backend's; fix the clock (NTP)"
+            )
         return None
 
     def _write_offline(self) -> str | None:
@@ -130,10 +145,10 @@ class HeartbeatWriter(SupervisedActor):
         self._pending_offline.difference_update(agent_ids)
         return None
 
-    def _stopped(self, agent_ids: tuple[str, ...]) -> None:
-        self._pending_offline.update(agent_ids)
+    def _stopped(self, stopped: AgentsStopped) -> None:
+        self._pending_offline.update(stopped.offline)
         self._flush()  # their last beats first, then the offline marks
-        for agent_id in agent_ids:
+        for agent_id in stopped.agent_ids:
             # If the beats could not be written, drop them: a later retry must not bring a
             # stopped agent back online.
             self._pending.pop(agent_id, None)
@@ -155,6 +170,7 @@ class HeartbeatWriter(SupervisedActor):
                 last_flush_at=self._last_flush_at,
                 last_error=self._last_error,
                 pending=len(self._pending),
+                pending_offline=len(self._pending_offline),
             ),
         )
 

@@ -1,4 +1,9 @@
-"""SyncActor: keeps the running AgentActors equal to the backend's agent list.
+"""SyncActor: keeps the running AgentActors equal to the agents this worker owns.
+
+Of the backend's agent list, this worker runs the agents that rendezvous hashing over the
+live workers gives it (`actors.agents.ownership`), and none while it is not registered
+(`RegistrationChanged` from the Membership actor). An agent that moves to another worker
+is stopped without an offline mark; an agent removed from the backend is marked offline.
 
 One sync at start, then every AGENT_SYNC_INTERVAL and whenever agents change: the
 backend's change signal is polled every CHANGE_POLL_INTERVAL_S, unless the backend pushes
@@ -18,6 +23,7 @@ import pykka
 
 from actors.agents.agent import AgentActor
 from actors.agents.heartbeat_writer import HeartbeatWriter
+from actors.agents.ownership import Owners
 from actors.dispatcher import Dispatcher
 from actors.scheduler import Scheduler, Timers
 from actors.supervision import SupervisedActor
@@ -34,6 +40,7 @@ from messages import (
     AgentsStopped,
     ChildFailed,
     GetRunningAgents,
+    RegistrationChanged,
     RequestSync,
     RunningAgent,
     RunSync,
@@ -49,7 +56,11 @@ CHANGE_POLL_INTERVAL_S = 0.25
 """How often the cheap change signal is read; an agent change is seen within this."""
 
 ADDED_AGENT_MAX_JITTER_S = 2.0
-"""An agent added after start-up beats first after 0 to this many seconds."""
+"""An agent created after start-up beats first after 0 to this many seconds."""
+
+TAKEOVER_MAX_JITTER_S = 0.5
+"""An agent taken over from another worker beats first after 0 to this many seconds: it
+was online a moment ago, and must not look stale."""
 
 STARTUP_STAGGER_FRACTION = 0.4
 STARTUP_STAGGER_MAX_S = 120.0
@@ -167,10 +178,12 @@ class _Agent:
         self.restarts = 0
         self.attempt = 0
         self.started_s = 0.0
-        self.view = RunningAgent(record=record, restarts=0)
+        self.view = RunningAgent(record=record, restarts=0, restarting=False)
 
     def refresh_view(self) -> None:
-        self.view = RunningAgent(record=self.record, restarts=self.restarts)
+        self.view = RunningAgent(
+            record=self.record, restarts=self.restarts, restarting=self.ref is None
+        )
 
 
 class SyncActor(SupervisedActor):
@@ -185,6 +198,7 @@ class SyncActor(SupervisedActor):
         dispatcher: Dispatcher,
         heartbeat_writer: pykka.ActorRef[HeartbeatWriter],
         status_board: StatusBoard,
+        worker_id: str,
         sync_interval_s: float,
         poll_change_signal: bool = True,
         backoff: Backoff = DEFAULT_BACKOFF,
@@ -195,6 +209,7 @@ class SyncActor(SupervisedActor):
         self._dispatcher = dispatcher
         self._writer = heartbeat_writer
         self._board = status_board
+        self._worker_id = worker_id
         self._sync_interval_s = sync_interval_s
         self._polls_changes = poll_change_signal
         self._backoff = backoff
@@ -202,6 +217,10 @@ class SyncActor(SupervisedActor):
         self._agents: dict[str, _Agent] = {}
         self._rejections: dict[str, str] = {}
         self._records = RecordCache()
+        self._owners = Owners()
+        self._registered = False
+        self._live: tuple[str, ...] = ()
+        self._listed_ids: set[str] = set()
         self._sync_queued = False
         self._first_sync_done = False
         self._seen_version: str | None = None
@@ -226,6 +245,9 @@ class SyncActor(SupervisedActor):
         elif isinstance(message, RunSync):
             self._sync_queued = False
             self._sync()
+        elif isinstance(message, RegistrationChanged):
+            self._registered = message.registered
+            self._request("registered" if message.registered else "unregistered")
         elif isinstance(message, ChildFailed):
             self._agent_failed(message)
         elif isinstance(message, GetRunningAgents):
@@ -272,20 +294,37 @@ class SyncActor(SupervisedActor):
 
     def _sync(self) -> None:
         started_s = monotonic_s()
+        if not self._registered:
+            # Another process may hold this worker's id: run nothing, mark nothing.
+            self._apply(plan_sync(self._running(), ()), listed_ids=set(self._agents))
+            self._publish()
+            return
         # Read before listing, so a change made during the list is seen; only polling
         # needs it (a backend that pushes changes sends RequestSync instead).
         version = self._read_change_signal() if self._polls_changes else None
         try:
             rows = self._backend.list_agents()
+            live = tuple(sorted({*self._backend.list_workers(), self._worker_id}))
         except BackendError as error:
             self._sync_failed(version, error)
             return
         listed = self._records.parse(rows)
         self._log_rejections(listed.rejected)
-        running = {agent_id: agent.record for agent_id, agent in self._agents.items()}
-        keep = {r.agent_id for r in listed.rejected if r.agent_id is not None}
-        plan = plan_sync(running, listed.agents, keep)
-        self._apply(plan)
+        listed_ids = {r.id for r in listed.agents} | {
+            r.agent_id for r in listed.rejected if r.agent_id is not None
+        }
+        owned = self._owners.owned_by(self._worker_id, listed_ids, live)
+        keep = {r.agent_id for r in listed.rejected if r.agent_id in owned}
+        plan = plan_sync(self._running(), [r for r in listed.agents if r.id in owned], keep)
+        if live != self._live:
+            logger.info(
+                "owning %d of %d agents over %d live worker(s)",
+                len(owned),
+                len(listed_ids),
+                len(live),
+            )
+        self._live = live
+        self._apply(plan, listed_ids)
         self._seen_version = version
         self._failed_syncs = 0
         self.timers.cancel(SYNC_RETRY_TIMER)
@@ -316,8 +355,12 @@ class SyncActor(SupervisedActor):
         logger.error("agent sync failed, retrying in %.1f s: %s", delay_s, error)
         self._publish()
 
-    def _apply(self, plan: SyncPlan) -> None:
-        self._stop_agents(plan.removed)
+    def _running(self) -> dict[str, AgentRecord]:
+        return {agent_id: agent.record for agent_id, agent in self._agents.items()}
+
+    def _apply(self, plan: SyncPlan, listed_ids: Set[str]) -> None:
+        # Still listed: moved to another worker, which beats for it from now on.
+        self._stop_agents(plan.removed, offline=[a for a in plan.removed if a not in listed_ids])
         for agent_id in plan.removed:
             self.timers.cancel(RESTART_TIMER_PREFIX + agent_id)
             del self._agents[agent_id]
@@ -333,13 +376,17 @@ class SyncActor(SupervisedActor):
         for record in plan.added:
             agent = _Agent(record)
             self._agents[record.id] = agent
-            self._spawn(agent, self._first_delay_s(record) - (monotonic_s() - sync_started_s))
+            first_delay_s = self._first_delay_s(record, taken_over=record.id in self._listed_ids)
+            self._spawn(agent, first_delay_s - (monotonic_s() - sync_started_s))
+        self._listed_ids = set(listed_ids)
         self._counts["added"] += len(plan.added)
         self._counts["removed"] += len(plan.removed)
         self._counts["updated"] += len(plan.updated)
         metrics.AGENTS_RUNNING.set(len(self._agents))
 
-    def _first_delay_s(self, record: AgentRecord) -> float:
+    def _first_delay_s(self, record: AgentRecord, *, taken_over: bool) -> float:
+        if taken_over:
+            return random.uniform(0, TAKEOVER_MAX_JITTER_S)
         if self._first_sync_done:
             return random.uniform(0, ADDED_AGENT_MAX_JITTER_S)
         stagger_s = min(
@@ -358,7 +405,9 @@ class SyncActor(SupervisedActor):
             first_heartbeat_delay_s=max(0.0, first_heartbeat_delay_s),
         )
 
-    def _stop_agents(self, agent_ids: Sequence[str]) -> None:
+    def _stop_agents(self, agent_ids: Sequence[str], offline: Sequence[str]) -> None:
+        """Stop these agents' actors, then have the writer forget them, marking the
+        `offline` ones offline (the others are, or will be, run by another worker)."""
         if not agent_ids:
             return
         agents = [self._agents[a] for a in agent_ids if a in self._agents]
@@ -371,14 +420,14 @@ class SyncActor(SupervisedActor):
             )
         for agent in agents:
             agent.ref = None
-        self._tell_writer(AgentsStopped(agent_ids=tuple(agent_ids)))
+        self._tell_writer(AgentsStopped(agent_ids=tuple(agent_ids), offline=tuple(offline)))
 
     def _tell_writer(self, message: AgentsStopped) -> None:
         try:
             self._writer.tell(message)
         except pykka.ActorDeadError:
             logger.warning(
-                "heartbeat writer is gone; %d agent(s) not marked offline", len(message.agent_ids)
+                "heartbeat writer is gone; %d agent(s) not marked offline", len(message.offline)
             )
 
     def _log_rejections(self, rejected: Sequence[AgentRejection]) -> None:
@@ -395,6 +444,7 @@ class SyncActor(SupervisedActor):
         if agent is None or agent.ref is None:
             return  # removed meanwhile, or already handled
         agent.ref = None
+        agent.refresh_view()
         now_s = monotonic_s()
         if now_s - agent.started_s >= self._backoff.reset_after_s:
             agent.attempt = 0
@@ -409,15 +459,16 @@ class SyncActor(SupervisedActor):
             delay_s,
         )
         self.timers.start_single(RESTART_TIMER_PREFIX + agent.record.id, delay_s)
+        self._publish()
 
     def _restart(self, agent_id: str) -> None:
         agent = self._agents.get(agent_id)
         if agent is None or agent.ref is not None:
             return
         agent.restarts += 1
-        agent.refresh_view()
         self._board.count_restart("agent")
         self._spawn(agent, first_heartbeat_delay_s=0.0)
+        agent.refresh_view()
         self._publish()
 
     # --- status and shutdown -----------------------------------------------------------
@@ -432,19 +483,22 @@ class SyncActor(SupervisedActor):
                 added_count=self._counts["added"],
                 removed_count=self._counts["removed"],
                 updated_count=self._counts["updated"],
+                worker_id=self._worker_id,
+                registered=self._registered,
+                live_workers=self._live,
                 agents=tuple(agent.view for agent in self._agents.values()),
             ),
         )
 
     def cleanup(self, crashed: bool) -> None:
         self.timers.cancel_all()
-        agent_ids = list(self._agents)
         if crashed:
             # The restarted SyncActor brings them back at once: do not flap them offline.
             for ref in [a.ref for a in self._agents.values() if a.ref is not None]:
                 ref.stop(block=False)
         else:
-            self._stop_agents(agent_ids)
+            agent_ids = list(self._agents)
+            self._stop_agents(agent_ids, offline=agent_ids if self._last_worker() else ())
         self._agents.clear()
         metrics.AGENTS_RUNNING.set(0)
         status = self._board.get(STATUS_NAME)
@@ -452,3 +506,21 @@ class SyncActor(SupervisedActor):
             self._board.publish(
                 STATUS_NAME, status.model_copy(update={"running": False, "agents": ()})
             )
+
+    def _last_worker(self) -> bool:
+        """At a stop: True when this worker has left the fleet (the Membership
+        deregistered) and no other worker is live to take its agents, which must then be
+        marked offline."""
+        if not self._agents or not self._registered:
+            return False
+        try:
+            live = set(self._backend.list_workers())
+        except BackendError as error:
+            logger.warning(
+                "cannot list workers at stop; %d agent(s) left to expire, not marked offline: %s",
+                len(self._agents),
+                error,
+            )
+            return False
+        # This worker still listed: a restart of the actors, not a leave.
+        return not live

@@ -2,14 +2,17 @@
 
 Exit status: 0 ok; 1 runtime failure (backend unreachable, agent not found, fatal
 crash); 2 bad arguments or configuration, with one line on stderr saying which value is
-wrong and what is expected.
+wrong and what is expected. A closed standard output (`agents list | head -1`) ends
+the command quietly.
 """
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from agent_runtime import __version__
 from agent_runtime.app import doctor
@@ -20,6 +23,7 @@ from agent_runtime.errors import BackendError, ConfigError, InvalidAgent
 from backend.port import Backend
 from messages import AgentRecord, parse_agent_rows
 from messages.agent import MAX_HEARTBEAT_INTERVAL_MS
+from messages.text import escape_controls, label_problem, shown
 
 DEFAULT_HEARTBEAT_INTERVAL_MS = 30_000
 
@@ -39,15 +43,33 @@ def interval_ms(text: str) -> int:
 def non_empty(text: str) -> str:
     """argparse type: a non-empty string."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("expected a non-empty value")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is invalid: expected a non-empty value")
     return text
+
+
+def label(text: str) -> str:
+    """argparse type: an agent's name or session key, as `label_problem` accepts it, and
+    not blank."""
+    problem = label_problem(non_empty(text))
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, `PROG: MESSAGE`, exit status 2.
+
+    argparse prints the usage first, making two lines; and it quotes some arguments raw
+    (`unrecognized arguments: ...`), so control characters are escaped here.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {escape_controls(message)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full command line, with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="agent-runtime", description="Keep an AI-agent fleet online."
-    )
+    parser = _Parser(prog="agent-runtime", description="Keep an AI-agent fleet online.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -63,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="show every agent")
     listing.add_argument("--json", action="store_true", help="a JSON array of agent records")
     add = actions.add_parser("add", help="create an agent; prints only its id")
-    add.add_argument("name", type=non_empty)
+    add.add_argument("name", type=label, metavar="NAME")
     add.add_argument(
         "--heartbeat-interval",
         type=interval_ms,
@@ -71,19 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         help=f"default {DEFAULT_HEARTBEAT_INTERVAL_MS}",
     )
-    add.add_argument("--session-key", type=non_empty, metavar="KEY", help="default agent:ID")
+    add.add_argument("--session-key", type=label, metavar="KEY", help="default agent:ID")
     update = actions.add_parser("update", help="change an agent's fields")
     update.add_argument("id", type=non_empty)
-    update.add_argument("--name", type=non_empty)
+    update.add_argument("--name", type=label)
     update.add_argument("--heartbeat-interval", type=interval_ms, metavar="MS")
-    update.add_argument("--session-key", type=non_empty, metavar="KEY")
+    update.add_argument("--session-key", type=label, metavar="KEY")
     remove = actions.add_parser("remove", help="delete an agent")
     remove.add_argument("id", type=non_empty)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `agent-runtime` console script; returns the exit status."""
+    """Entry point of the `agent-runtime` console script; returns the exit status.
+
+    If standard output is closed early (a pipe into `head`), the command stops without
+    a traceback and returns 1; the shell reports the reader's status for the pipeline.
+    """
+    try:
+        status = _command(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        # As the Python docs recommend: later flushes (at exit) must not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+    return status
+
+
+def _command(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

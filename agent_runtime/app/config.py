@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent_runtime.app.roles import ROLE_NAMES, Role
 from agent_runtime.errors import ConfigError
+from messages.text import LABEL_RULE, Label, shown
 
 DEFAULT_AGENT_SYNC_INTERVAL_MS = 60_000
 MIN_AGENT_SYNC_INTERVAL_MS = 1_000
@@ -23,6 +24,12 @@ DEFAULT_PORT = 8080
 DEFAULT_CONVEX_CONNECT_TIMEOUT_MS = 5_000
 DEFAULT_CONVEX_READ_TIMEOUT_MS = 10_000
 MAX_CONVEX_TIMEOUT_MS = 120_000
+DEFAULT_WORKER_HEARTBEAT_MS = 5_000
+MIN_WORKER_HEARTBEAT_MS = 500
+DEFAULT_WORKER_TTL_MS = 15_000
+MAX_WORKER_TTL_MS = 600_000
+WORKER_TTL_HEARTBEATS = 3
+"""A registration must outlive this many renewals, so one late renewal is not a death."""
 
 
 def default_worker_id() -> str:
@@ -69,9 +76,33 @@ class Settings(BaseSettings):
         Literal["development", "production"],
         Field(alias="APP_ENV", description="development or production"),
     ] = "development"
-    worker_id: Annotated[
-        str, Field(alias="WORKER_ID", min_length=1, description="a non-empty name")
-    ] = Field(default_factory=default_worker_id)
+    worker_id: Annotated[Label, Field(alias="WORKER_ID", description=f"a name of {LABEL_RULE}")] = (
+        Field(default_factory=default_worker_id)
+    )
+    worker_heartbeat_ms: Annotated[
+        int,
+        Field(
+            alias="WORKER_HEARTBEAT_MS",
+            ge=MIN_WORKER_HEARTBEAT_MS,
+            le=MAX_WORKER_TTL_MS // WORKER_TTL_HEARTBEATS,
+            description=(
+                f"whole milliseconds from {MIN_WORKER_HEARTBEAT_MS}"
+                f" to {MAX_WORKER_TTL_MS // WORKER_TTL_HEARTBEATS}"
+            ),
+        ),
+    ] = DEFAULT_WORKER_HEARTBEAT_MS
+    worker_ttl_ms: Annotated[
+        int,
+        Field(
+            alias="WORKER_TTL_MS",
+            gt=0,
+            le=MAX_WORKER_TTL_MS,
+            description=(
+                f"whole milliseconds up to {MAX_WORKER_TTL_MS}, at least"
+                f" {WORKER_TTL_HEARTBEATS} x WORKER_HEARTBEAT_MS"
+            ),
+        ),
+    ] = DEFAULT_WORKER_TTL_MS
     convex_url: Annotated[
         str | None,
         Field(
@@ -129,6 +160,8 @@ class Settings(BaseSettings):
         "port",
         "convex_connect_timeout_ms",
         "convex_read_timeout_ms",
+        "worker_heartbeat_ms",
+        "worker_ttl_ms",
         mode="before",
     )
     @classmethod
@@ -179,6 +212,12 @@ class Settings(BaseSettings):
             raise ValueError(_ROLE_ALL_IN_PRODUCTION)
         if self.convex_url is not None and self.agent_secret is None:
             raise ValueError(_CONVEX_NEEDS_KEY)
+        if self.worker_ttl_ms < WORKER_TTL_HEARTBEATS * self.worker_heartbeat_ms:
+            raise ValueError(
+                f"WORKER_TTL_MS={self.worker_ttl_ms} is invalid: expected at least"
+                f" {WORKER_TTL_HEARTBEATS} x WORKER_HEARTBEAT_MS"
+                f" = {WORKER_TTL_HEARTBEATS * self.worker_heartbeat_ms}"
+            )
         if self.agent_sync_mode == "subscribe" and self.convex_url is None:
             raise ValueError(
                 "AGENT_SYNC_MODE='subscribe' needs CONVEX_URL: expected poll with the"
@@ -219,9 +258,10 @@ def _explain(error: ValidationError) -> str:
         if info.alias == "AGENT_SECRET":  # never echo a secret, even a bad one
             lines.append(f"AGENT_SECRET is invalid: expected {info.description}")
             continue
-        # Show the value as the operator wrote it, not as a validator normalised it.
+        # Show the value as the operator wrote it, not as a validator normalised it; cut
+        # and escaped, so a pasted file or a stray escape code still makes one short line.
         value = os.environ.get(str(info.alias), item["input"])
-        lines.append(f"{info.alias}={value!r} is invalid: expected {info.description}")
+        lines.append(f"{info.alias}={shown(value)} is invalid: expected {info.description}")
     return "; ".join(lines)
 
 

@@ -1,11 +1,13 @@
-"""The HTTP surface: GET /health (JSON) and GET /metrics (Prometheus), served by uvicorn
-in its own thread. Handlers only read the status board; they never wait on an actor."""
+"""The HTTP surface: GET /health (a JSON summary), GET /agents and /agents/{id} (this
+worker's running agents), GET /metrics (Prometheus), served by uvicorn in its own thread.
+Handlers only read the status board; they never wait on an actor."""
 
 import asyncio
 import logging
 import socket
 import threading
-from typing import Any
+from collections import Counter
+from typing import Any, TypeVar
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,70 +17,139 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from actors.agents.heartbeat_writer import STATUS_NAME as HEARTBEATS
+from actors.agents.membership import STATUS_NAME as MEMBERSHIP
 from actors.agents.sync import STATUS_NAME as AGENT_SYNC
 from agent_runtime.app.config import Settings
 from agent_runtime.app.roles import ROLES
-from agent_runtime.clock import monotonic_s
+from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.status import StatusBoard
-from messages import HeartbeatStatus, SyncStatus
+from messages import HeartbeatStatus, MembershipStatus, RunningAgent, SyncStatus
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-NO_SYNC = SyncStatus(
-    running=False,
-    last_sync_at=None,
-    last_error=None,
-    added_count=0,
-    removed_count=0,
-    updated_count=0,
-    agents=(),
+
+PRESENCE_TTL_INTERVALS = 3
+"""An agent counts as online while its last accepted heartbeat is younger than this many
+intervals (the backend's rule too)."""
+
+NO_HEARTBEATS = HeartbeatStatus(
+    last_written_at={}, last_flush_at=None, last_error=None, pending=0, pending_offline=0
 )
-NO_HEARTBEATS = HeartbeatStatus(last_written_at={}, last_flush_at=None, last_error=None, pending=0)
+
+
+def _snapshot(board: StatusBoard, name: str, kind: type[T]) -> T | None:
+    snapshot = board.get(name)
+    return snapshot if isinstance(snapshot, kind) else None
+
+
+def agent_status(agent: RunningAgent, beats: HeartbeatStatus, now: int) -> str:
+    """`restarting` (crashed, restart pending), `online` (last accepted heartbeat younger
+    than 3 intervals) or `offline`."""
+    if agent.restarting:
+        return "restarting"
+    last = beats.last_written_at.get(agent.record.id)
+    fresh_ms = PRESENCE_TTL_INTERVALS * agent.record.heartbeat_interval_ms
+    return "online" if last is not None and now - last < fresh_ms else "offline"
+
+
+def agent_row(agent: RunningAgent, beats: HeartbeatStatus, now: int) -> dict[str, Any]:
+    """One running agent as /agents shows it."""
+    record = agent.record
+    return {
+        "id": record.id,
+        "name": record.name,
+        "sessionKey": record.session_key,
+        "heartbeatIntervalMs": record.heartbeat_interval_ms,
+        "lastHeartbeatAt": beats.last_written_at.get(record.id),
+        "status": agent_status(agent, beats, now),
+        "restarts": agent.restarts,
+    }
 
 
 def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str, Any]:
-    """The /health document. Times are epoch milliseconds or null; no secrets."""
-    sync = board.get(AGENT_SYNC)
-    sync = sync if isinstance(sync, SyncStatus) else NO_SYNC
-    beats = board.get(HEARTBEATS)
-    beats = beats if isinstance(beats, HeartbeatStatus) else NO_HEARTBEATS
-    degraded = ROLES[settings.role].agents and (
-        not sync.running or sync.last_error is not None or beats.last_error is not None
-    )
+    """The /health document: a summary whose size does not grow with the number of
+    agents. Times are epoch milliseconds or null; no secrets."""
+    sync = _snapshot(board, AGENT_SYNC, SyncStatus)
+    beats = _snapshot(board, HEARTBEATS, HeartbeatStatus) or NO_HEARTBEATS
+    member = _snapshot(board, MEMBERSHIP, MembershipStatus)
+    running = sync.agents if sync is not None else ()
+    now = now_ms()
+    statuses = Counter(agent_status(a, beats, now) for a in running)
+    problems = [
+        sync is None or not sync.running,
+        sync is not None and sync.last_error is not None,
+        beats.last_error is not None,
+        member is None or not member.registered or member.last_error is not None,
+    ]
     restarts = board.restarts()
     return {
-        "status": "degraded" if degraded else "ok",
+        "status": "degraded" if ROLES[settings.role].agents and any(problems) else "ok",
         "role": settings.role,
         "workerId": settings.worker_id,
         "uptimeS": round(monotonic_s() - started_s, 3),
-        "agentSync": sync.model_dump(by_alias=True, exclude={"agents"}),
+        "agentSync": (
+            sync.model_dump(
+                by_alias=True, exclude={"agents", "worker_id", "registered", "live_workers"}
+            )
+            if sync is not None
+            else None
+        ),
         "heartbeats": beats.model_dump(by_alias=True, exclude={"last_written_at"}),
-        "agents": [
-            {
-                "id": a.record.id,
-                "name": a.record.name,
-                "sessionKey": a.record.session_key,
-                "heartbeatIntervalMs": a.record.heartbeat_interval_ms,
-                "lastHeartbeatAt": beats.last_written_at.get(a.record.id),
-                "restarts": a.restarts,
-            }
-            for a in sync.agents
-        ],
         "supervisor": {"restarts": sum(restarts.values()), "byActor": restarts},
+        "agents": {
+            "running": len(running) - statuses["restarting"],
+            "online": statuses["online"],
+            "restarting": statuses["restarting"],
+        },
+        "workers": {
+            "live": list(sync.live_workers) if sync is not None else [],
+            "ownedAgents": len(running),
+            "registered": member is not None and member.registered,
+            "lastRenewedAt": member.last_renewed_at if member is not None else None,
+            "lastError": member.last_error if member is not None else None,
+        },
     }
 
 
 def build_app(settings: Settings, board: StatusBoard, started_s: float) -> Starlette:
-    """The ASGI app: /health and /metrics."""
+    """The ASGI app: /health, /agents, /agents/{id} and /metrics."""
+
+    def running() -> tuple[tuple[RunningAgent, ...], HeartbeatStatus]:
+        sync = _snapshot(board, AGENT_SYNC, SyncStatus)
+        beats = _snapshot(board, HEARTBEATS, HeartbeatStatus) or NO_HEARTBEATS
+        return (sync.agents if sync is not None else ()), beats
 
     async def get_health(_: Request) -> JSONResponse:
         return JSONResponse(health(settings, board, started_s))
 
+    async def get_agents(_: Request) -> JSONResponse:
+        agents, beats = running()
+        now = now_ms()
+        return JSONResponse([agent_row(a, beats, now) for a in agents])
+
+    async def get_agent(request: Request) -> JSONResponse:
+        agent_id = request.path_params["agent_id"]
+        agents, beats = running()
+        for agent in agents:
+            if agent.record.id == agent_id:
+                return JSONResponse(agent_row(agent, beats, now_ms()))
+        return JSONResponse(
+            {"error": f"agent {agent_id[:80]!r} does not run on this worker"}, status_code=404
+        )
+
     async def get_metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/health", get_health), Route("/metrics", get_metrics)])
+    return Starlette(
+        routes=[
+            Route("/health", get_health),
+            Route("/agents", get_agents),
+            Route("/agents/{agent_id}", get_agent),
+            Route("/metrics", get_metrics),
+        ]
+    )
 
 
 class HttpServer:

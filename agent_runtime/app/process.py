@@ -1,23 +1,24 @@
 """The process: logging, signals, backend, HTTP server and the actor tree, in order,
-and the way back down on SIGTERM/SIGINT or a fatal supervisor escalation."""
+and the way back down on SIGTERM/SIGINT/SIGHUP or a fatal supervisor escalation."""
 
 import logging
 import signal
-import threading
-from types import FrameType
 
 import pykka
 import pykka.debug
 
+from actors.agents.heartbeat_writer import STATUS_NAME as HEARTBEATS
 from actors.runtime import Runtime, RuntimeOptions
 from agent_runtime import __version__, logs
 from agent_runtime.app.backends import open_backend
 from agent_runtime.app.config import Settings
 from agent_runtime.app.http import HttpServer
 from agent_runtime.app.roles import ROLES
+from agent_runtime.app.signals import STOP
 from agent_runtime.clock import monotonic_s
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
+from messages import HeartbeatStatus
 
 logger = logging.getLogger(__name__)
 
@@ -28,30 +29,28 @@ is exit within 5 s. What has not stopped by then is abandoned (actor threads are
 HTTP_STOP_RESERVE_S = 0.5
 """The part of SHUTDOWN_TIMEOUT_S kept for stopping the HTTP server, last."""
 
+ACTORS_STOP_TIMEOUT_S = 3.2
+"""The Runtime's deadline for its children (deregister, stop agents, last writes); the
+rest of SHUTDOWN_TIMEOUT_S - HTTP_STOP_RESERVE_S is for its threads."""
+
 EXIT_FATAL = 1
 
 
 def run(settings: Settings) -> int:
-    """Run the runtime until SIGTERM/SIGINT (exit status 0) or until a core actor keeps
-    crashing (exit status 1). Blocks the calling thread, which must be the main thread."""
+    """Run the runtime until SIGTERM, SIGINT or SIGHUP (exit status 0) or until a core
+    actor keeps crashing (exit status 1). Blocks the calling thread, which must be the
+    main thread."""
     logs.configure(settings.log_level, settings.log_format, settings.agent_debug)
     started_s = monotonic_s()
-    stopping = threading.Event()
+    STOP.install()  # again: harmless, and needed when `run` is called without the entry
+    signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
     exit_code = 0
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("%s received: shutting down", signal.Signals(signum).name)
-        stopping.set()
 
     def on_fatal(reason: str) -> None:
         nonlocal exit_code
         exit_code = EXIT_FATAL
         logger.critical("fatal: %s", reason)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGUSR1, pykka.debug.log_thread_tracebacks)
+        STOP.request_stop(reason)
 
     try:
         backend = open_backend(settings)
@@ -70,6 +69,10 @@ def run(settings: Settings) -> int:
         options=RuntimeOptions(
             runs_agents=ROLES[settings.role].agents,
             sync_interval_s=settings.agent_sync_interval_ms / 1000,
+            worker_id=settings.worker_id,
+            worker_heartbeat_s=settings.worker_heartbeat_ms / 1000,
+            worker_ttl_ms=settings.worker_ttl_ms,
+            stop_timeout_s=ACTORS_STOP_TIMEOUT_S,
         ),
         backend=backend,
         status_board=board,
@@ -84,15 +87,27 @@ def run(settings: Settings) -> int:
         http.port,
         backend,
     )
-    stopping.wait()
+    reason = STOP.wait()
+    if exit_code == 0:
+        logger.info("%s received: shutting down", reason)
 
     shutdown_started_s = monotonic_s()
     deadline_s = shutdown_started_s + SHUTDOWN_TIMEOUT_S
     try:
         runtime.stop(timeout=SHUTDOWN_TIMEOUT_S - HTTP_STOP_RESERVE_S)
     except pykka.Timeout:
-        logger.error("actors did not stop in time; exiting anyway")
+        logger.error("actors did not stop in time; exiting anyway (%s)", _unwritten(board))
     http.stop(max(0.1, deadline_s - monotonic_s()))
-    backend.close()
+    backend.close(timeout_s=max(0.0, deadline_s - monotonic_s()))
     logger.info("stopped in %.2f s", monotonic_s() - shutdown_started_s)
     return exit_code
+
+
+def _unwritten(board: StatusBoard) -> str:
+    beats = board.get(HEARTBEATS)
+    if not isinstance(beats, HeartbeatStatus):
+        return "no presence writes pending"
+    return (
+        f"not written: {beats.pending} heartbeat(s), {beats.pending_offline} offline mark(s);"
+        " presence expires on its own"
+    )

@@ -16,10 +16,13 @@ import type {
 import type * as lib_args from "../lib/args.js";
 import type * as lib_errors from "../lib/errors.js";
 import type * as lib_model from "../lib/model.js";
+import type * as lib_scheduled from "../lib/scheduled.js";
 import type * as lib_serviceKey from "../lib/serviceKey.js";
+import type * as lib_workers from "../lib/workers.js";
 import type * as service_actions from "../service/actions.js";
 import type * as service_agents from "../service/agents.js";
 import type * as service_presence from "../service/presence.js";
+import type * as service_workers from "../service/workers.js";
 
 /**
  * A utility for referencing Convex functions in your app's API.
@@ -33,10 +36,13 @@ declare const fullApi: ApiFromModules<{
   "lib/args": typeof lib_args;
   "lib/errors": typeof lib_errors;
   "lib/model": typeof lib_model;
+  "lib/scheduled": typeof lib_scheduled;
   "lib/serviceKey": typeof lib_serviceKey;
+  "lib/workers": typeof lib_workers;
   "service/actions": typeof service_actions;
   "service/agents": typeof service_agents;
   "service/presence": typeof service_presence;
+  "service/workers": typeof service_workers;
 }>;
 export declare const api: FilterApi<
   typeof fullApi,

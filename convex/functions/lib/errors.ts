@@ -1,7 +1,7 @@
 import { ConvexError } from "convex/values";
 
 /** The error codes of the contract (../../../contract/README.md, "Errors"). */
-export type ErrorCode = "UNAUTHORIZED" | "NOT_FOUND" | "INVALID_ARGUMENT";
+export type ErrorCode = "UNAUTHORIZED" | "NOT_FOUND" | "INVALID_ARGUMENT" | "CONFLICT";
 
 /**
  * Build the error every failing call throws: a `ConvexError` whose data is

@@ -1,12 +1,29 @@
 /**
- * Reads and writes of agents, presence and the change counter, shared by the public
- * service functions and the internal functions the actions call. Callers check the
- * service key and the arguments first.
+ * Reads and writes of agents, presence, the presence sweep and the change counter,
+ * shared by the public service functions and the internal functions the actions and
+ * the scheduler call. Callers check the service key and the arguments first.
  */
+import { internal } from "../_generated/api";
 import type { Doc, Id } from "../_generated/dataModel";
 import type { MutationCtx, QueryCtx } from "../_generated/server";
 import type { Beat } from "./args";
 import { contractError } from "./errors";
+import { cancelIfPending, isScheduled } from "./scheduled";
+
+/** An online agent goes stale after this many heartbeat intervals without a beat. */
+export const STALE_AFTER_INTERVALS = 3;
+
+/** A beat whose `atMs` is more than this ahead of the backend's clock is refused. */
+export const MAX_AHEAD_MS = 60_000;
+
+/** At most this many presence documents are set offline by one sweep run. */
+export const SWEEP_BATCH = 500;
+
+/**
+ * A sweep is never scheduled sooner than this after now, unless a full batch leaves
+ * more stale documents behind: expiries that close together are handled by one run.
+ */
+export const SWEEP_MIN_DELAY_MS = 1_000;
 
 /** An agent's configuration, as `service/agents:list` returns it. */
 export type AgentConfig = {
@@ -32,6 +49,10 @@ export type AgentChanges = Partial<
   Pick<AgentConfig, "name" | "sessionKey" | "heartbeatIntervalMs">
 >;
 
+/**
+ * The one change counter behind `service/agents:version`: agent changes and worker
+ * joins, leaves and expiries all move it (its name predates the workers).
+ */
 const AGENTS_COUNTER = "agents";
 
 function toConfig(agent: Doc<"agents">): AgentConfig {
@@ -39,12 +60,37 @@ function toConfig(agent: Doc<"agents">): AgentConfig {
   return { id: _id, name, sessionKey, heartbeatIntervalMs, updatedAt };
 }
 
-function toPresence(agentId: Id<"agents">, row: Doc<"presence"> | undefined): Presence {
+/**
+ * Whether a stored presence document counts as online at `now`: stored online and not
+ * yet stale. A document without `staleAt` (written before the field existed) is stale.
+ */
+function isOnline(row: Doc<"presence">, now: number): boolean {
+  return row.status === "online" && (row.staleAt ?? 0) > now;
+}
+
+/** The presence an agent reports at `now` (offline if never seen or stale). */
+function toPresence(
+  agentId: Id<"agents">,
+  row: Doc<"presence"> | undefined,
+  now: number,
+): Presence {
   return {
     agentId,
-    status: row?.status ?? "offline",
+    status: row && isOnline(row, now) ? "online" : "offline",
     lastHeartbeatAt: row?.lastHeartbeatAt ?? null,
   };
+}
+
+/**
+ * The backend's clock for a presence read. In a query, `Date.now()` is fixed when the
+ * query starts, and Convex does not re-run a cached or subscribed query because the
+ * clock moves (reading it only shortens how long a result stays cached): each call
+ * gets the status as of its own start, and a subscriber sees an agent go offline when
+ * a document it read changes, i.e. when the sweep writes the stale document offline
+ * (within about a second of `staleAt`).
+ */
+function readClock(): number {
+  return Date.now();
 }
 
 /** Every agent document, oldest first (by creation time). */
@@ -73,19 +119,21 @@ export async function listAgents(ctx: QueryCtx): Promise<AgentConfig[]> {
 /** Every agent's presence, in the order of `listAgents` (offline if never seen). */
 export async function listPresence(ctx: QueryCtx): Promise<Presence[]> {
   const [agents, presence] = await Promise.all([allAgents(ctx), presenceByAgent(ctx)]);
-  return agents.map((agent) => toPresence(agent._id, presence.get(agent._id)));
+  const now = readClock();
+  return agents.map((agent) => toPresence(agent._id, presence.get(agent._id), now));
 }
 
 /** Configuration and presence of every agent, one row each, oldest first. */
 export async function listAgentRows(ctx: QueryCtx): Promise<AgentRow[]> {
   const [agents, presence] = await Promise.all([allAgents(ctx), presenceByAgent(ctx)]);
+  const now = readClock();
   return agents.map((agent) => {
-    const { status, lastHeartbeatAt } = toPresence(agent._id, presence.get(agent._id));
+    const { status, lastHeartbeatAt } = toPresence(agent._id, presence.get(agent._id), now);
     return { ...toConfig(agent), status, lastHeartbeatAt };
   });
 }
 
-/** The agents change counter as a string ("0" before the first change). */
+/** The change counter as a string ("0" before the first change). */
 export async function agentsVersion(ctx: QueryCtx): Promise<string> {
   const counter = await ctx.db
     .query("counters")
@@ -94,8 +142,11 @@ export async function agentsVersion(ctx: QueryCtx): Promise<string> {
   return String(counter?.value ?? 0);
 }
 
-/** Move the agents change counter; called by every configuration change. */
-async function bumpAgentsVersion(ctx: MutationCtx): Promise<void> {
+/**
+ * Move the change counter; called by every configuration change and when a worker
+ * joins, leaves or expires.
+ */
+export async function bumpVersion(ctx: MutationCtx): Promise<void> {
   const counter = await ctx.db
     .query("counters")
     .withIndex("by_name", (q) => q.eq("name", AGENTS_COUNTER))
@@ -129,13 +180,16 @@ export async function createAgent(
   });
   if (sessionKey === undefined) await ctx.db.patch(id, { sessionKey: `agent:${id}` });
   await ctx.db.insert("presence", { agentId: id, status: "offline", lastHeartbeatAt: null });
-  await bumpAgentsVersion(ctx);
+  await bumpVersion(ctx);
   return toConfig((await ctx.db.get(id))!);
 }
 
 /**
  * Change some of an agent's fields, set `updatedAt`, and move the change counter.
  * Returns the configuration after the change; `NOT_FOUND` for an unknown id.
+ *
+ * A new `heartbeatIntervalMs` does not recompute the stored `staleAt` of the agent's
+ * presence: its next beat does (until then the old interval decides when it goes stale).
  */
 export async function updateAgent(
   ctx: MutationCtx,
@@ -148,7 +202,7 @@ export async function updateAgent(
     Object.entries(changes).filter(([, value]) => value !== undefined),
   );
   await ctx.db.patch(agent._id, { ...set, updatedAt: Date.now() });
-  await bumpAgentsVersion(ctx);
+  await bumpVersion(ctx);
   return toConfig((await ctx.db.get(agent._id))!);
 }
 
@@ -161,27 +215,52 @@ export async function removeAgent(ctx: MutationCtx, agentId: string): Promise<vo
     .collect();
   for (const row of presence) await ctx.db.delete(row._id);
   await ctx.db.delete(agent._id);
-  await bumpAgentsVersion(ctx);
+  await bumpVersion(ctx);
 }
 
 /**
- * Set each beat's agent online with `lastHeartbeatAt = max(old, atMs)`. Unknown agent
- * ids are ignored; presence is written only when it changes; `agents` is never written.
+ * Set each beat's agent online with `lastHeartbeatAt = max(old, atMs)` and `staleAt =
+ * lastHeartbeatAt + 3 x heartbeatIntervalMs`, and make sure a sweep is pending by the
+ * earliest new `staleAt`. A beat more than 60 s ahead of the clock is not written and
+ * its agent id is returned in `refused` (once per refused beat, in the order of the
+ * beats). Unknown agent ids are ignored (never refused); presence is written only when
+ * it changes; `agents` is never written.
  */
-export async function recordHeartbeats(ctx: MutationCtx, beats: Beat[]): Promise<void> {
+export async function recordHeartbeats(
+  ctx: MutationCtx,
+  beats: Beat[],
+): Promise<{ refused: string[] }> {
+  const now = Date.now();
+  const refused: string[] = [];
+  let earliestStaleAt = Infinity;
   for (const { agentId, atMs } of beats) {
     const id = ctx.db.normalizeId("agents", agentId);
-    if (!id) continue;
-    const row = await presenceOf(ctx, id);
-    if (row) {
-      const last = Math.max(row.lastHeartbeatAt ?? atMs, atMs);
-      if (row.status !== "online" || row.lastHeartbeatAt !== last) {
-        await ctx.db.patch(row._id, { status: "online", lastHeartbeatAt: last });
-      }
-    } else if (await ctx.db.get(id)) {
-      await ctx.db.insert("presence", { agentId: id, status: "online", lastHeartbeatAt: atMs });
+    const agent = id && (await ctx.db.get(id));
+    if (!agent) continue;
+    if (atMs > now + MAX_AHEAD_MS) {
+      refused.push(agentId);
+      continue;
+    }
+    const row = await presenceOf(ctx, agent._id);
+    const last = Math.max(row?.lastHeartbeatAt ?? atMs, atMs);
+    const fresh = {
+      status: "online" as const,
+      lastHeartbeatAt: last,
+      staleAt: last + STALE_AFTER_INTERVALS * agent.heartbeatIntervalMs,
+    };
+    earliestStaleAt = Math.min(earliestStaleAt, fresh.staleAt);
+    if (!row) {
+      await ctx.db.insert("presence", { agentId: agent._id, ...fresh });
+    } else if (
+      row.status !== fresh.status ||
+      row.lastHeartbeatAt !== fresh.lastHeartbeatAt ||
+      row.staleAt !== fresh.staleAt
+    ) {
+      await ctx.db.patch(row._id, fresh);
     }
   }
+  if (earliestStaleAt < Infinity) await ensureSweepBy(ctx, earliestStaleAt, now);
+  return { refused };
 }
 
 /** Set these agents offline (keeping `lastHeartbeatAt`); unknown agent ids are ignored. */
@@ -191,4 +270,75 @@ export async function markOffline(ctx: MutationCtx, agentIds: string[]): Promise
     const row = id && (await presenceOf(ctx, id));
     if (row && row.status !== "offline") await ctx.db.patch(row._id, { status: "offline" });
   }
+}
+
+/** When a sweep for documents going stale at `staleAt` should run, seen at `now`. */
+function sweepTime(staleAt: number, now: number): number {
+  return Math.max(staleAt, now + SWEEP_MIN_DELAY_MS);
+}
+
+/** The pending sweep's singleton document, if any. */
+function pendingSweep(ctx: MutationCtx): Promise<Doc<"sweeps"> | null> {
+  return ctx.db.query("sweeps").first();
+}
+
+/**
+ * Schedule the sweep at `runAt` (or nothing, for null) and record it as the pending run
+ * in place of `pending`, which is canceled if it is not due yet. (A due one is the run
+ * that is rescheduling itself, or one that has finished.)
+ */
+async function replaceSweep(
+  ctx: MutationCtx,
+  runAt: number | null,
+  pending: Doc<"sweeps"> | null,
+  now: number,
+): Promise<void> {
+  if (pending && pending.runAt > now) await cancelIfPending(ctx, pending.jobId);
+  if (runAt === null) {
+    if (pending) await ctx.db.delete(pending._id);
+    return;
+  }
+  const jobId = await ctx.scheduler.runAt(runAt, internal.service.presence.sweep, {});
+  if (pending) await ctx.db.patch(pending._id, { jobId, runAt });
+  else await ctx.db.insert("sweeps", { jobId, runAt });
+}
+
+/**
+ * Make sure a sweep is pending at or before the time a document going stale at
+ * `staleAt` should be swept: keep the pending run if it is scheduled early enough,
+ * else replace it (there is only ever one).
+ */
+async function ensureSweepBy(ctx: MutationCtx, staleAt: number, now: number): Promise<void> {
+  const runAt = sweepTime(staleAt, now);
+  const pending = await pendingSweep(ctx);
+  if (pending && pending.runAt <= runAt && (await isScheduled(ctx, pending.jobId))) return;
+  await replaceSweep(ctx, runAt, pending, now);
+}
+
+/**
+ * One sweep run (the scheduled `service/presence:sweep`): set up to `SWEEP_BATCH` stale
+ * online presence documents offline (keeping `lastHeartbeatAt`), then schedule the next
+ * run: at once if a full batch may have left more behind, else at the earliest
+ * `staleAt` still pending among online documents (never sooner than
+ * `SWEEP_MIN_DELAY_MS` from now), and none when no document is online.
+ */
+export async function sweepStalePresence(ctx: MutationCtx): Promise<void> {
+  const now = Date.now();
+  // Online documents without `staleAt` sort first in the index, so they are swept too.
+  const stale = await ctx.db
+    .query("presence")
+    .withIndex("by_status_staleAt", (q) => q.eq("status", "online").lte("staleAt", now))
+    .take(SWEEP_BATCH);
+  for (const row of stale) await ctx.db.patch(row._id, { status: "offline" });
+  const pending = await pendingSweep(ctx);
+  if (stale.length === SWEEP_BATCH) {
+    await replaceSweep(ctx, now, pending, now);
+    return;
+  }
+  const next = await ctx.db
+    .query("presence")
+    .withIndex("by_status_staleAt", (q) => q.eq("status", "online"))
+    .first();
+  const runAt = next ? sweepTime(next.staleAt ?? now, now) : null;
+  await replaceSweep(ctx, runAt, pending, now);
 }

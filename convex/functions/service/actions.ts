@@ -7,6 +7,7 @@ import { v } from "convex/values";
 import { internal } from "../_generated/api";
 import { action, internalMutation, internalQuery } from "../_generated/server";
 import { epochMs, serviceArgs, string } from "../lib/args";
+import { contractError } from "../lib/errors";
 import * as model from "../lib/model";
 
 /** Configuration and presence in one row per agent, oldest first. */
@@ -20,14 +21,23 @@ export const listAgents = action({
 
 /**
  * One heartbeat: as `service/presence:recordHeartbeats` with the single beat
- * `{agentId, atMs}`. Returns null.
+ * `{agentId, atMs}`. Returns null; `INVALID_ARGUMENT` if the beat is refused (more
+ * than 60 s ahead of the backend's clock; nothing is written).
  */
 export const updateAgentHeartbeat = action({
   args: v.any(),
   handler: async (ctx, args): Promise<null> => {
     const a = serviceArgs(args, ["agentId", "atMs"]);
     const beat = { agentId: string("agentId", a.agentId), atMs: epochMs("atMs", a.atMs) };
-    await ctx.runMutation(internal.service.actions.recordBeats, { beats: [beat] });
+    const { refused } = await ctx.runMutation(internal.service.actions.recordBeats, {
+      beats: [beat],
+    });
+    if (refused.length > 0) {
+      throw contractError(
+        "INVALID_ARGUMENT",
+        `atMs ${beat.atMs} is more than ${model.MAX_AHEAD_MS} ms ahead of the backend's clock`,
+      );
+    }
     return null;
   },
 });
@@ -38,11 +48,12 @@ export const agentRows = internalQuery({
   handler: (ctx): Promise<model.AgentRow[]> => model.listAgentRows(ctx),
 });
 
-/** Internal: record already-validated heartbeats (for `updateAgentHeartbeat`). */
+/**
+ * Internal: record already-validated heartbeats (for `updateAgentHeartbeat`); returns
+ * the refused ones as `service/presence:recordHeartbeats` does.
+ */
 export const recordBeats = internalMutation({
   args: { beats: v.array(v.object({ agentId: v.string(), atMs: v.number() })) },
-  handler: async (ctx, { beats }): Promise<null> => {
-    await model.recordHeartbeats(ctx, beats);
-    return null;
-  },
+  handler: (ctx, { beats }): Promise<{ refused: string[] }> =>
+    model.recordHeartbeats(ctx, beats),
 });

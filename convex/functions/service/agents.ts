@@ -5,7 +5,7 @@
  */
 import { v } from "convex/values";
 import { mutation, query } from "../_generated/server";
-import { heartbeatIntervalMs, nonEmptyString, optional, serviceArgs, string } from "../lib/args";
+import { heartbeatIntervalMs, label, optional, serviceArgs, string } from "../lib/args";
 import * as model from "../lib/model";
 
 /**
@@ -21,8 +21,8 @@ export const list = query({
 });
 
 /**
- * A string that changes when an agent is created, updated or removed, and never on
- * heartbeats or `markOffline`.
+ * A string that changes when an agent is created, updated or removed, and when a
+ * worker joins, leaves or expires; never on heartbeats, `markOffline` or the sweep.
  */
 export const version = query({
   args: v.any(),
@@ -41,9 +41,9 @@ export const create = mutation({
   handler: async (ctx, args): Promise<model.AgentConfig> => {
     const a = serviceArgs(args, ["name", "heartbeatIntervalMs", "sessionKey"]);
     return await model.createAgent(ctx, {
-      name: nonEmptyString("name", a.name),
+      name: label("name", a.name),
       heartbeatIntervalMs: heartbeatIntervalMs("heartbeatIntervalMs", a.heartbeatIntervalMs),
-      sessionKey: optional(nonEmptyString, "sessionKey", a.sessionKey),
+      sessionKey: optional(label, "sessionKey", a.sessionKey),
     });
   },
 });
@@ -59,13 +59,13 @@ export const update = mutation({
     const a = serviceArgs(args, ["agentId", "name", "heartbeatIntervalMs", "sessionKey"]);
     const agentId = string("agentId", a.agentId);
     const changes: model.AgentChanges = {
-      name: optional(nonEmptyString, "name", a.name),
+      name: optional(label, "name", a.name),
       heartbeatIntervalMs: optional(
         heartbeatIntervalMs,
         "heartbeatIntervalMs",
         a.heartbeatIntervalMs,
       ),
-      sessionKey: optional(nonEmptyString, "sessionKey", a.sessionKey),
+      sessionKey: optional(label, "sessionKey", a.sessionKey),
     };
     return await model.updateAgent(ctx, agentId, changes);
   },

@@ -1,15 +1,16 @@
 /**
  * Agent presence: `service/presence:*` in ../../../contract/README.md. Presence
- * writes never touch `agents` and never move `service/agents:version`.
+ * writes never touch `agents` and never move `service/agents:version`. An agent counts
+ * as online only until its `staleAt`; the internal `sweep` sets stale documents offline.
  */
 import { v } from "convex/values";
-import { mutation, query } from "../_generated/server";
+import { internalMutation, mutation, query } from "../_generated/server";
 import { beats, serviceArgs, stringArray } from "../lib/args";
 import * as model from "../lib/model";
 
 /**
  * `{agentId, status, lastHeartbeatAt}` for every agent, in the order of
- * `service/agents:list`.
+ * `service/agents:list`; `status` is online only if stored online and not stale.
  */
 export const list = query({
   args: v.any(),
@@ -21,14 +22,15 @@ export const list = query({
 
 /**
  * For each of `beats: [{agentId, atMs}]`, set the agent online with
- * `lastHeartbeatAt = max(old, atMs)`. Unknown agents are ignored. Returns null.
+ * `lastHeartbeatAt = max(old, atMs)`. Unknown agents are ignored. Returns
+ * `{refused: [agentId]}`: the beats more than 60 s ahead of the backend's clock,
+ * which are not written.
  */
 export const recordHeartbeats = mutation({
   args: v.any(),
-  handler: async (ctx, args): Promise<null> => {
+  handler: async (ctx, args): Promise<{ refused: string[] }> => {
     const a = serviceArgs(args, ["beats"]);
-    await model.recordHeartbeats(ctx, beats("beats", a.beats));
-    return null;
+    return await model.recordHeartbeats(ctx, beats("beats", a.beats));
   },
 });
 
@@ -38,6 +40,18 @@ export const markOffline = mutation({
   handler: async (ctx, args): Promise<null> => {
     const a = serviceArgs(args, ["agentIds"]);
     await model.markOffline(ctx, stringArray("agentIds", a.agentIds));
+    return null;
+  },
+});
+
+/**
+ * Internal, scheduled: set stale online presence documents offline, in bounded batches,
+ * and schedule the next run (none while no agent is online). See `model.sweepStalePresence`.
+ */
+export const sweep = internalMutation({
+  args: {},
+  handler: async (ctx): Promise<null> => {
+    await model.sweepStalePresence(ctx);
     return null;
   },
 });
