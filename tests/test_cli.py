@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from agent_runtime.clock import now_ms
+from backend.local import LocalBackend
+from messages import Heartbeat
 from tests.runtime_process import base_env, cli
 
 
@@ -125,12 +128,45 @@ def test_doctor_on_the_embedded_backend(local_env: dict[str, str]) -> None:
     result = cli({**local_env, "PORT": "0"}, "doctor")
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok"]
+    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok", "ok"]
     assert "backend=embedded SQLite at" in lines[0]
-    assert lines[3].endswith("agents: 1 valid")
+    assert lines[3].endswith("agents: 1 valid, 0 online")
+    assert lines[4].endswith("workers: 0 live core worker(s); agents stay offline until one runs")
     production = cli(
         {**local_env, "PORT": "0", "APP_ENV": "production", "AGENT_ROLE": "core"}, "doctor"
     )
     assert production.returncode == 1
     assert "FAIL  configuration" in production.stdout
     assert "fix: production needs CONVEX_URL and AGENT_SECRET" in production.stdout
+
+
+def test_a_dead_workers_agents_show_offline_in_agents_list_and_doctor(
+    local_env: dict[str, str],
+) -> None:
+    backend = LocalBackend(Path(local_env["LOCAL_DB_PATH"]))
+    try:
+        stale = backend.create_agent("stale", 1000)
+        fresh = backend.create_agent("fresh", 60_000)
+        # A worker beat for both, then died without a word (kill -9): no offline mark.
+        backend.record_heartbeats(
+            [
+                Heartbeat(agent_id=stale.id, at_ms=now_ms() - 3000),  # 3 intervals ago
+                Heartbeat(agent_id=fresh.id, at_ms=now_ms() - 3000),
+            ]
+        )
+        backend.register_worker("alive", "j", ttl_ms=60_000)
+    finally:
+        backend.close()
+    two_minutes_ago = LocalBackend(
+        Path(local_env["LOCAL_DB_PATH"]), clock=lambda: now_ms() - 120_000
+    )
+    two_minutes_ago.register_worker("dead", "i", ttl_ms=60_000)  # expired a minute ago
+    two_minutes_ago.close()
+    listed = {
+        a["name"]: a["status"]
+        for a in json.loads(cli(local_env, "agents", "list", "--json").stdout)
+    }
+    assert listed == {"stale": "offline", "fresh": "online"}
+    doctor = cli({**local_env, "PORT": "0"}, "doctor").stdout
+    assert "agents: 2 valid, 1 online" in doctor
+    assert "workers: 1 live core worker(s): alive" in doctor

@@ -101,6 +101,7 @@ class HeartbeatWriter(SupervisedActor):
     def _flush(self) -> None:
         """Write pending beats, then pending offline marks; keep whatever fails."""
         self._last_flush_s = monotonic_s()
+        self._publish()  # what is in flight: if the write hangs, the stop can say so
         problems = [self._write_beats(), self._write_offline()]
         self._set_error(next((p for p in problems if p is not None), None))
         if self._pending or self._pending_offline:

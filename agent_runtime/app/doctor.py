@@ -114,12 +114,24 @@ def _backend_checks(settings: Settings, backend: Backend) -> list[Check]:
     if convex:
         checks.append(Check("service key", True, "accepted by the deployment"))
     try:
-        listed = parse_agent_rows(backend.list_agents())
+        listed = parse_agent_rows(backend.list_agents_with_presence())
+        workers = backend.list_workers()
     except BackendError as error:
         return [*checks, Check("agents", False, f"cannot list agents: {error}")]
-    detail = f"{len(listed.agents)} valid"
+    online = sum(1 for agent in listed.agents if agent.status == "online")
+    # Presence expires: "online" is what live workers beat for in the last 3 intervals.
+    detail = f"{len(listed.agents)} valid, {online} online"
     if listed.rejected:
         labels = ", ".join(r.label for r in listed.rejected[:5])
         detail += f", {len(listed.rejected)} skipped as invalid ({labels}); see `agents list`"
     checks.append(Check("agents", True, detail))
+    live = ", ".join(workers[:5]) + (f" and {len(workers) - 5} more" if len(workers) > 5 else "")
+    checks.append(
+        Check(
+            "workers",
+            True,
+            f"{len(workers)} live core worker(s){': ' + live if workers else ''}"
+            + ("" if workers or not listed.agents else "; agents stay offline until one runs"),
+        )
+    )
     return checks

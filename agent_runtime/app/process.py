@@ -96,18 +96,19 @@ def run(settings: Settings) -> int:
     try:
         runtime.stop(timeout=SHUTDOWN_TIMEOUT_S - HTTP_STOP_RESERVE_S)
     except pykka.Timeout:
-        logger.error("actors did not stop in time; exiting anyway (%s)", _unwritten(board))
+        logger.error("actors did not stop in time; exiting anyway")
+    unwritten = _unwritten(board)
+    if unwritten:
+        logger.error("stopping before the backend took %s; presence expires on its own", unwritten)
     http.stop(max(0.1, deadline_s - monotonic_s()))
     backend.close(timeout_s=max(0.0, deadline_s - monotonic_s()))
     logger.info("stopped in %.2f s", monotonic_s() - shutdown_started_s)
     return exit_code
 
 
-def _unwritten(board: StatusBoard) -> str:
+def _unwritten(board: StatusBoard) -> str | None:
+    """What the HeartbeatWriter last said it had not written yet, if anything."""
     beats = board.get(HEARTBEATS)
-    if not isinstance(beats, HeartbeatStatus):
-        return "no presence writes pending"
-    return (
-        f"not written: {beats.pending} heartbeat(s), {beats.pending_offline} offline mark(s);"
-        " presence expires on its own"
-    )
+    if not isinstance(beats, HeartbeatStatus) or not (beats.pending or beats.pending_offline):
+        return None
+    return f"{beats.pending} heartbeat(s) and {beats.pending_offline} offline mark(s)"
