@@ -105,7 +105,13 @@ def main() -> None:
 
         started_s = monotonic_s()
         runtime = Runtime.start(
-            options=RuntimeOptions(runs_agents=True, sync_interval_s=3600.0),
+            options=RuntimeOptions(
+                runs_agents=True,
+                sync_interval_s=3600.0,
+                worker_id="bench",
+                worker_heartbeat_s=5.0,
+                worker_ttl_ms=15_000,
+            ),
             backend=backend,
             status_board=board,
             on_fatal=lambda reason: print(f"fatal: {reason}", file=sys.stderr),

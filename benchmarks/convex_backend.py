@@ -69,7 +69,13 @@ def creation_latency(fake: FakeConvex, *, subscribe: bool, trials: int) -> dict[
     backend = ConvexBackend(fake.url, SecretStr(SECRET), subscribe=subscribe)
     admin = ConvexBackend(fake.url, SecretStr(SECRET))
     runtime = Runtime.start(
-        options=RuntimeOptions(runs_agents=True, sync_interval_s=60.0),
+        options=RuntimeOptions(
+            runs_agents=True,
+            sync_interval_s=60.0,
+            worker_id="bench",
+            worker_heartbeat_s=5.0,
+            worker_ttl_ms=15_000,
+        ),
         backend=backend,
         status_board=board,
         on_fatal=lambda reason: None,
