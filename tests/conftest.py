@@ -52,6 +52,20 @@ def stays_false(predicate: Callable[[], object], window_s: float) -> bool:
     return not predicate()
 
 
+def agent_row(**overrides: object) -> dict[str, object]:
+    """A valid backend agent row (configuration and presence), with `overrides`."""
+    fields: dict[str, object] = {
+        "id": "a1",
+        "name": "scout",
+        "sessionKey": "agent:a1",
+        "heartbeatIntervalMs": 5000,
+        "status": "online",
+        "lastHeartbeatAt": 1_700_000_000_000,
+        "updatedAt": 1_700_000_000_000,
+    }
+    return fields | overrides
+
+
 _NEVER_SET = threading.Event()
 
 

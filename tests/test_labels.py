@@ -13,6 +13,7 @@ from backend.local import LocalBackend
 from messages import AgentRecord
 from messages.agent import parse_agent_row
 from messages.text import MAX_LABEL_CHARS, label_problem
+from tests.conftest import agent_row
 from tests.runtime_process import base_env, cli
 
 BAD_LABELS = [
@@ -29,23 +30,12 @@ BAD_LABELS = [
 RULE = "expected 1 to 200 characters and no control characters"
 
 
-def record(**overrides: object) -> dict[str, object]:
-    fields: dict[str, object] = {
-        "id": "a1",
-        "name": "scout",
-        "sessionKey": "agent:a1",
-        "heartbeatIntervalMs": 5000,
-        "updatedAt": 0,
-    }
-    return fields | overrides
-
-
 @pytest.mark.parametrize(
     "text", ["x", "x" * MAX_LABEL_CHARS, "Zoë 🚀 agent", "a b\u00a0c", "agent:a1"]
 )
 def test_a_label_is_one_to_200_printable_characters(text: str) -> None:
     assert label_problem(text) is None
-    assert AgentRecord.model_validate(record(name=text, sessionKey=text)).name == text
+    assert AgentRecord.model_validate(agent_row(name=text, sessionKey=text)).name == text
 
 
 @pytest.mark.parametrize(("text", "problem"), BAD_LABELS)
@@ -55,13 +45,13 @@ def test_a_bad_label_is_rejected_saying_why(field: str, text: str, problem: str)
     assert message is not None
     assert problem in message
     assert message.endswith(RULE)
-    rejected = parse_agent_row(record(**{field: text}), 0)
+    rejected = parse_agent_row(agent_row(**{field: text}), 0)
     assert not isinstance(rejected, AgentRecord)
     assert rejected.problem == f"{field}: {message}"
 
 
 def test_a_label_must_be_a_string() -> None:
-    rejected = parse_agent_row(record(name=7, sessionKey=b"k"), 0)
+    rejected = parse_agent_row(agent_row(name=7, sessionKey=b"k"), 0)
     assert not isinstance(rejected, AgentRecord)
     assert rejected.problem == (
         "name: input should be a valid string (got 7);"

@@ -11,21 +11,10 @@ from agent_runtime.errors import ConfigError
 from backend.local import LocalBackend
 from messages import AgentRecord
 from messages.agent import parse_agent_row, parse_agent_rows
-from tests.conftest import wait_for
+from tests.conftest import agent_row, wait_for
 from tests.runtime_process import RuntimeProcess, base_env, cli
 
 MB = 1_048_576
-
-
-def row(**overrides: object) -> dict[str, object]:
-    fields: dict[str, object] = {
-        "id": "a1",
-        "name": "scout",
-        "sessionKey": "agent:a1",
-        "heartbeatIntervalMs": 5000,
-        "updatedAt": 0,
-    }
-    return fields | overrides
 
 
 def is_one_short_line(text: str, max_chars: int = 300) -> bool:
@@ -44,16 +33,16 @@ def is_one_short_line(text: str, max_chars: int = 300) -> bool:
 def test_a_rejection_quotes_at_most_80_characters_of_the_value(
     overrides: dict[str, object], problem: str
 ) -> None:
-    rejected = parse_agent_row(row(**overrides), 0)
+    rejected = parse_agent_row(agent_row(**overrides), 0)
     assert not isinstance(rejected, AgentRecord)
     assert problem in rejected.problem
     assert is_one_short_line(rejected.problem)
 
 
 def test_a_rejection_label_is_cut_and_escaped() -> None:
-    no_id = row(name="n\x1b" * MB, heartbeatIntervalMs=0)
+    no_id = agent_row(name="n\x1b" * MB, heartbeatIntervalMs=0)
     del no_id["id"]
-    odd_id = row(id="id\n" + "i" * MB, heartbeatIntervalMs=0)
+    odd_id = agent_row(id="id\n" + "i" * MB, heartbeatIntervalMs=0)
     labels = [r.label for r in parse_agent_rows([no_id, odd_id]).rejected]
     assert labels[0].startswith(r"name='n\x1bn\x1b")
     assert labels[0].endswith(f"...({2 * MB} chars)")

@@ -4,32 +4,19 @@ import pytest
 
 from messages import AgentRecord, parse_agent_rows
 from messages.agent import MAX_HEARTBEAT_INTERVAL_MS
-
-
-def row(**overrides: object) -> dict[str, object]:
-    base: dict[str, object] = {
-        "id": "a1",
-        "name": "scout",
-        "sessionKey": "agent:a1",
-        "heartbeatIntervalMs": 5000,
-        "status": "online",
-        "lastHeartbeatAt": 1_700_000_000_000,
-        "updatedAt": 1_700_000_000_000,
-    }
-    base.update(overrides)
-    return base
+from tests.conftest import agent_row
 
 
 def test_valid_row_becomes_a_record_with_camel_case_on_the_wire() -> None:
-    listed = parse_agent_rows([row()])
+    listed = parse_agent_rows([agent_row()])
     assert listed.rejected == ()
     (record,) = listed.agents
     assert record.heartbeat_interval_ms == 5000
-    assert record.model_dump(by_alias=True) == row()
+    assert record.model_dump(by_alias=True) == agent_row()
 
 
 def test_integral_float_from_a_json_backend_is_accepted() -> None:
-    (record,) = parse_agent_rows([row(heartbeatIntervalMs=5000.0)]).agents
+    (record,) = parse_agent_rows([agent_row(heartbeatIntervalMs=5000.0)]).agents
     assert record.heartbeat_interval_ms == 5000
     assert isinstance(record.heartbeat_interval_ms, int)
 
@@ -52,7 +39,7 @@ def test_integral_float_from_a_json_backend_is_accepted() -> None:
 def test_bad_row_is_rejected_by_id_with_the_problem(
     overrides: dict[str, object], expected_problem: str
 ) -> None:
-    listed = parse_agent_rows([row(id="bad", **overrides), row(id="good")])
+    listed = parse_agent_rows([agent_row(id="bad", **overrides), agent_row(id="good")])
     assert [a.id for a in listed.agents] == ["good"]
     (rejected,) = listed.rejected
     assert rejected.label == "bad"
@@ -61,9 +48,9 @@ def test_bad_row_is_rejected_by_id_with_the_problem(
 
 
 def test_row_without_id_is_named_by_its_name_or_position() -> None:
-    missing_id = row()
+    missing_id = agent_row()
     del missing_id["id"]
-    listed = parse_agent_rows([missing_id, "not a record", row(id="")])
+    listed = parse_agent_rows([missing_id, "not a record", agent_row(id="")])
     assert listed.agents == ()
     labels = [r.label for r in listed.rejected]
     assert labels == ["name='scout'", "row #1", "name='scout'"]
@@ -72,7 +59,7 @@ def test_row_without_id_is_named_by_its_name_or_position() -> None:
 
 
 def test_same_config_ignores_presence_only() -> None:
-    (a,) = parse_agent_rows([row()]).agents
+    (a,) = parse_agent_rows([agent_row()]).agents
     assert a.same_config(a.model_copy(update={"status": "offline", "last_heartbeat_at": 1}))
     assert not a.same_config(a.model_copy(update={"heartbeat_interval_ms": 1000}))
     assert not a.same_config(a.model_copy(update={"session_key": "other"}))
@@ -80,7 +67,7 @@ def test_same_config_ignores_presence_only() -> None:
 
 
 def test_records_are_frozen() -> None:
-    (a,) = parse_agent_rows([row()]).agents
+    (a,) = parse_agent_rows([agent_row()]).agents
     with pytest.raises(ValueError, match="frozen"):
         a.name = "changed"  # type: ignore[misc]
     assert isinstance(a, AgentRecord)

@@ -5,7 +5,6 @@ import signal
 import sqlite3
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,31 +17,19 @@ from tests.runtime_process import COMMAND, RuntimeProcess, base_env
 STOP_PROMISE_S = 5.0
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "local.db"
-
-
-@pytest.fixture
-def admin(db: Path) -> Iterator[LocalBackend]:
-    backend = LocalBackend(db)
-    yield backend
-    backend.close()
-
-
 def online(admin: LocalBackend) -> bool:
     rows = admin.list_agents_with_presence()
     return bool(rows) and all(r["status"] == "online" for r in rows)
 
 
 def test_sigterm_exits_0_within_5_s_while_another_process_holds_the_write_lock(
-    db: Path, admin: LocalBackend
+    db_path: Path, local_backend: LocalBackend
 ) -> None:
-    admin.create_agent("a", 300)
-    runtime = RuntimeProcess(base_env(db, LOG_LEVEL="INFO"))
+    local_backend.create_agent("a", 300)
+    runtime = RuntimeProcess(base_env(db_path, LOG_LEVEL="INFO"))
     try:
-        wait_for(lambda: online(admin), what="the agent online")
-        holder = sqlite3.connect(db, isolation_level=None)
+        wait_for(lambda: online(local_backend), what="the agent online")
+        holder = sqlite3.connect(db_path, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")  # every write of the worker now waits (5 s each)
         try:
             started_s = monotonic_s()
@@ -58,26 +45,26 @@ def test_sigterm_exits_0_within_5_s_while_another_process_holds_the_write_lock(
         runtime.stop()
 
 
-def test_sighup_shuts_down_like_sigterm(db: Path, admin: LocalBackend) -> None:
-    agent = admin.create_agent("a", 300)
-    runtime = RuntimeProcess(base_env(db))
+def test_sighup_shuts_down_like_sigterm(db_path: Path, local_backend: LocalBackend) -> None:
+    agent = local_backend.create_agent("a", 300)
+    runtime = RuntimeProcess(base_env(db_path))
     try:
-        wait_for(lambda: online(admin), what="the agent online")
+        wait_for(lambda: online(local_backend), what="the agent online")
         runtime.signal(signal.SIGHUP)
         assert runtime.proc.wait(timeout=STOP_PROMISE_S) == 0
-        (row,) = admin.list_agents_with_presence()
+        (row,) = local_backend.list_agents_with_presence()
         assert (row["id"], row["status"]) == (agent.id, "offline")
-        assert admin.list_workers() == []
+        assert local_backend.list_workers() == []
         assert any(r["message"] == "SIGHUP received: shutting down" for r in runtime.records())
     finally:
         runtime.stop()
 
 
 @pytest.mark.parametrize("delay_s", [0.1, 0.3, 0.5])
-def test_sigterm_during_start_up_exits_cleanly(db: Path, delay_s: float) -> None:
+def test_sigterm_during_start_up_exits_cleanly(db_path: Path, delay_s: float) -> None:
     process = subprocess.Popen(
         [*COMMAND, "run"],
-        env=base_env(db),
+        env=base_env(db_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
