@@ -24,13 +24,10 @@ from agent_runtime.clock import now_ms
 from agent_runtime.errors import AgentNotFound, BackendError, InvalidAgent, WorkerIdTaken
 from backend.port import CLOSE_TIMEOUT_S, Backend
 from messages import AgentRecord, Heartbeat
-from messages.agent import describe_validation_error
+from messages.agent import PRESENCE_TTL_INTERVALS, describe_validation_error
 
 BUSY_TIMEOUT_S = 5.0
 """How long a write waits for another process's write lock before failing."""
-
-PRESENCE_TTL_INTERVALS = 3
-"""An agent is online while its last heartbeat is younger than this many intervals."""
 
 MAX_CLOCK_AHEAD_MS = 60_000
 """A heartbeat stamped further ahead of this machine's clock is refused."""
@@ -257,6 +254,7 @@ class LocalBackend(Backend):
                 "UPDATE presence SET status = 'offline' WHERE agent_id = ?",
                 [(agent_id,) for agent_id in agent_ids],
             )
+            db.execute(_EXPIRE_PRESENCE, {"now": self.clock()})
 
     def register_worker(self, worker_id: str, instance_id: str, ttl_ms: int) -> list[str]:
         now = self.clock()

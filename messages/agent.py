@@ -11,6 +11,11 @@ from messages.text import CONTROL_CHARACTER, SHOWN_VALUE_CHARS, Label, shown
 MAX_HEARTBEAT_INTERVAL_MS = 24 * 60 * 60 * 1000
 """An interval over 24 hours is a data error, not a schedule."""
 
+PRESENCE_TTL_INTERVALS = 3
+"""An agent is online while its last heartbeat is younger than this many of its intervals
+(on both backends, in /health and /agents): a dead worker cannot mark its agents offline,
+so presence expires."""
+
 CONFIG_FIELDS = frozenset({"id", "name", "session_key", "heartbeat_interval_ms", "updated_at"})
 """The fields a sync compares; presence (status, last_heartbeat_at) changes on every beat."""
 

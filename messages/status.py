@@ -28,6 +28,8 @@ class SyncStatus(Message):
     registered: bool
     """False while this worker is not registered (it then runs no agents)."""
     live_workers: tuple[str, ...]
+    restarting: int
+    """Agents that crashed and wait for their restart."""
     """The live workers the last sync divided the agents over, sorted, this one included."""
     agents: tuple[RunningAgent, ...]
 
@@ -40,3 +42,5 @@ class HeartbeatStatus(Message):
     last_error: str | None
     pending: int
     pending_offline: int
+    online: int
+    """Agents whose last written beat is younger than 3 of their intervals."""

@@ -1,5 +1,8 @@
 """Settings from the environment: defaults, one-line errors, the production guard."""
 
+import os
+import socket
+
 import pytest
 
 from agent_runtime.app.config import Settings, load_settings
@@ -84,12 +87,11 @@ def test_cli_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
         ("PORT", "70000", "PORT='70000' is invalid: expected a TCP port from 0 to 65535"),
         ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is invalid"),
         ("APP_ENV", "staging", "APP_ENV='staging' is invalid: expected development or production"),
-        ("WORKER_ID", "", "WORKER_ID='' is invalid: expected a name of 1 to 200 characters"),
         ("WORKER_ID", "a\tb", "WORKER_ID='a\\tb' is invalid: expected a name of 1 to 200"),
         (
             "WORKER_TTL_MS",
             "10000",
-            "WORKER_TTL_MS=10000 is invalid: expected at least 3 x WORKER_HEARTBEAT_MS = 15000",
+            "WORKER_TTL_MS='10000' is invalid: expected at least 3 x WORKER_HEARTBEAT_MS = 15000",
         ),
     ],
 )
@@ -171,3 +173,9 @@ def test_sync_mode_defaults_to_poll_and_subscribe_needs_convex(
     monkeypatch.setenv("CONVEX_URL", "https://x.convex.cloud")
     monkeypatch.setenv("AGENT_SECRET", "k")
     assert load_settings().subscribes is True
+
+
+def test_an_empty_worker_id_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKER_ID", "")
+    worker_id = load_settings().worker_id
+    assert worker_id.startswith(f"{socket.gethostname()}-{os.getpid()}-")

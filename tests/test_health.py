@@ -37,6 +37,7 @@ def sync_status(**changes: object) -> SyncStatus:
         "worker_id": "w1",
         "registered": True,
         "live_workers": ("w1", "w2"),
+        "restarting": 1,
         "agents": (
             RunningAgent(record=RECORD, restarts=2, restarting=False),
             RunningAgent(record=record("a2"), restarts=0, restarting=False),
@@ -55,6 +56,7 @@ def beats(**changes: object) -> HeartbeatStatus:
         "last_error": None,
         "pending": 0,
         "pending_offline": 0,
+        "online": 1,
     }
     fields.update(changes)
     return HeartbeatStatus(**fields)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from pytest_mock import MockerFixture
 
 from actors.agents.heartbeat_writer import FLUSH_INTERVAL_S, MIN_FLUSH_SPACING_S, HeartbeatWriter
 from actors.scheduler import Scheduler
-from agent_runtime.clock import monotonic_s
+from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
 from backend.port import Backend
@@ -203,3 +203,17 @@ def test_a_short_interval_beat_waits_at_most_half_its_interval(
     # Without the interval: FLUSH_INTERVAL_S (1 s) later; with it: 0.3 s (at least the
     # 0.5 s spacing after the first write).
     assert written_s - told_s < FLUSH_INTERVAL_S - 0.2
+
+
+def test_the_status_counts_agents_online_until_three_intervals_pass(
+    writer: pykka.ActorRef[HeartbeatWriter], board: StatusBoard
+) -> None:
+    def online() -> int:
+        status = board.get("heartbeats")
+        return status.online if isinstance(status, HeartbeatStatus) else -1
+
+    writer.tell(Heartbeat(agent_id="quick", at_ms=now_ms(), interval_ms=100))
+    writer.tell(Heartbeat(agent_id="slow", at_ms=now_ms(), interval_ms=60_000))
+    wait_for(lambda: online() == 2, what="both online")
+    # No more beats: "quick" expires after 0.3 s and the next status says so, with no write.
+    wait_for(lambda: online() == 1, timeout_s=3, what="the quick one offline")

@@ -17,6 +17,7 @@ from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
 from backend.port import Backend
 from messages import AgentsStopped, Heartbeat, HeartbeatStatus, TimerFired
+from messages.agent import PRESENCE_TTL_INTERVALS
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,12 @@ intervals, so a 1 s agent whose beats waited a whole second would come close."""
 MIN_FLUSH_SPACING_S = 0.5
 """Writes are at least this far apart: at most 2 backend writes per second, whatever N."""
 
+STATUS_INTERVAL_S = 1.0
+"""How often the status (and its count of online agents) is published between flushes:
+an agent goes offline by time passing, not by a write."""
+
 FLUSH_TIMER = "flush"
+STATUS_TIMER = "status"
 STATUS_NAME = "heartbeats"
 
 
@@ -60,19 +66,25 @@ class HeartbeatWriter(SupervisedActor):
         self._pending: dict[str, Heartbeat] = {}
         self._pending_offline: set[str] = set()
         self._last_written_at: dict[str, int] = {}
+        self._intervals_ms: dict[str, int] = {}
         self._last_flush_s = float("-inf")
         self._flush_due_s: float | None = None
         self._last_flush_at: int | None = None
         self._last_error: str | None = None
 
     def started(self) -> None:
+        self.timers.start_periodic(STATUS_TIMER, STATUS_INTERVAL_S)
         self._publish()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Heartbeat):
             self._add(message)
         elif isinstance(message, TimerFired):
-            if self.timers.accept(message):
+            if not self.timers.accept(message):
+                pass
+            elif message.key == STATUS_TIMER:
+                self._publish()
+            else:
                 self._flush_due_s = None
                 self._flush()
         elif isinstance(message, AgentsStopped):
@@ -88,6 +100,7 @@ class HeartbeatWriter(SupervisedActor):
         now_s = monotonic_s()
         wait_s = FLUSH_INTERVAL_S
         if beat.interval_ms is not None:
+            self._intervals_ms[beat.agent_id] = beat.interval_ms
             wait_s = min(wait_s, beat.interval_ms / 1000 * INTERVAL_FRACTION)
         due_s = now_s if first_beat else now_s + wait_s
         self._arm_flush(max(due_s, self._last_flush_s + MIN_FLUSH_SPACING_S))
@@ -154,6 +167,7 @@ class HeartbeatWriter(SupervisedActor):
             # stopped agent back online.
             self._pending.pop(agent_id, None)
             self._last_written_at.pop(agent_id, None)
+            self._intervals_ms.pop(agent_id, None)
         self._publish()
 
     def _set_error(self, problem: str | None) -> None:
@@ -172,7 +186,17 @@ class HeartbeatWriter(SupervisedActor):
                 last_error=self._last_error,
                 pending=len(self._pending),
                 pending_offline=len(self._pending_offline),
+                online=self._online(),
             ),
+        )
+
+    def _online(self) -> int:
+        now = now_ms()
+        intervals = self._intervals_ms
+        return sum(
+            1
+            for agent_id, at_ms in self._last_written_at.items()
+            if now - at_ms < PRESENCE_TTL_INTERVALS * intervals.get(agent_id, 0)
         )
 
     def cleanup(self, crashed: bool) -> None:

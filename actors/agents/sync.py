@@ -486,6 +486,7 @@ class SyncActor(SupervisedActor):
                 worker_id=self._worker_id,
                 registered=self._registered,
                 live_workers=self._live,
+                restarting=sum(1 for agent in self._agents.values() if agent.ref is None),
                 agents=tuple(agent.view for agent in self._agents.values()),
             ),
         )

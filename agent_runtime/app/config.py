@@ -193,6 +193,11 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("worker_id", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any) -> Any:
+        return default_worker_id() if isinstance(value, str) and not value else value
+
     @field_validator("convex_url", mode="before")
     @classmethod
     def _strip(cls, value: Any) -> Any:
@@ -214,7 +219,7 @@ class Settings(BaseSettings):
             raise ValueError(_CONVEX_NEEDS_KEY)
         if self.worker_ttl_ms < WORKER_TTL_HEARTBEATS * self.worker_heartbeat_ms:
             raise ValueError(
-                f"WORKER_TTL_MS={self.worker_ttl_ms} is invalid: expected at least"
+                f"WORKER_TTL_MS='{self.worker_ttl_ms}' is invalid: expected at least"
                 f" {WORKER_TTL_HEARTBEATS} x WORKER_HEARTBEAT_MS"
                 f" = {WORKER_TTL_HEARTBEATS * self.worker_heartbeat_ms}"
             )

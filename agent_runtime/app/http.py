@@ -6,7 +6,6 @@ import asyncio
 import logging
 import socket
 import threading
-from collections import Counter
 from typing import Any, TypeVar
 
 import uvicorn
@@ -24,18 +23,15 @@ from agent_runtime.app.roles import ROLES
 from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.status import StatusBoard
 from messages import HeartbeatStatus, MembershipStatus, RunningAgent, SyncStatus
+from messages.agent import PRESENCE_TTL_INTERVALS
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-PRESENCE_TTL_INTERVALS = 3
-"""An agent counts as online while its last accepted heartbeat is younger than this many
-intervals (the backend's rule too)."""
-
 NO_HEARTBEATS = HeartbeatStatus(
-    last_written_at={}, last_flush_at=None, last_error=None, pending=0, pending_offline=0
+    last_written_at={}, last_flush_at=None, last_error=None, pending=0, pending_offline=0, online=0
 )
 
 
@@ -74,9 +70,8 @@ def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str
     sync = _snapshot(board, AGENT_SYNC, SyncStatus)
     beats = _snapshot(board, HEARTBEATS, HeartbeatStatus) or NO_HEARTBEATS
     member = _snapshot(board, MEMBERSHIP, MembershipStatus)
-    running = sync.agents if sync is not None else ()
-    now = now_ms()
-    statuses = Counter(agent_status(a, beats, now) for a in running)
+    owned = len(sync.agents) if sync is not None else 0
+    restarting = sync.restarting if sync is not None else 0
     problems = [
         sync is None or not sync.running,
         sync is not None and sync.last_error is not None,
@@ -91,21 +86,19 @@ def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str
         "uptimeS": round(monotonic_s() - started_s, 3),
         "agentSync": (
             sync.model_dump(
-                by_alias=True, exclude={"agents", "worker_id", "registered", "live_workers"}
+                by_alias=True,
+                exclude={"agents", "worker_id", "registered", "live_workers", "restarting"},
             )
             if sync is not None
             else None
         ),
-        "heartbeats": beats.model_dump(by_alias=True, exclude={"last_written_at"}),
+        "heartbeats": beats.model_dump(by_alias=True, exclude={"last_written_at", "online"}),
         "supervisor": {"restarts": sum(restarts.values()), "byActor": restarts},
-        "agents": {
-            "running": len(running) - statuses["restarting"],
-            "online": statuses["online"],
-            "restarting": statuses["restarting"],
-        },
+        # Counts published by the actors: the cost of /health does not grow with N.
+        "agents": {"running": owned - restarting, "online": beats.online, "restarting": restarting},
         "workers": {
             "live": list(sync.live_workers) if sync is not None else [],
-            "ownedAgents": len(running),
+            "ownedAgents": owned,
             "registered": member is not None and member.registered,
             "lastRenewedAt": member.last_renewed_at if member is not None else None,
             "lastError": member.last_error if member is not None else None,
