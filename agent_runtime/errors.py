@@ -51,10 +51,6 @@ class AgentNotFound(BackendError):
         self.agent_id = agent_id
 
 
-class InvalidAgent(BackendError):
-    """An admin command asked for an agent the runtime would reject (bad name or interval)."""
-
-
 class WorkerIdTaken(BackendError):
     """Another live process is registered with this WORKER_ID (a second process started
     with the same fixed WORKER_ID, or a reused pid). It keeps its registration."""
@@ -65,3 +61,28 @@ class WorkerIdTaken(BackendError):
             " WORKER_ID per process, or leave it unset (host-pid-random)"
         )
         self.worker_id = worker_id
+
+
+class InvalidArgument(BackendError):
+    """A call was refused for a bad argument (a backend's INVALID_ARGUMENT): the message
+    names the value and what is expected."""
+
+
+class InvalidAgent(InvalidArgument):
+    """An admin command asked for an agent the runtime would reject (bad name or interval)."""
+
+
+class Fenced(BackendError):
+    """A WhatsApp call was refused as stale: this owner no longer holds the lease at its
+    epoch, or another claim replaced this one. The caller must stop, not retry."""
+
+
+class MessageNotFound(BackendError):
+    """A WhatsApp call named an outbound message id the backend does not have."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(
+            f"no outbound message with id {message_id!r}; `agent-runtime whatsapp outbox`"
+            " shows the ids"
+        )
+        self.message_id = message_id

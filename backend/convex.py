@@ -12,18 +12,21 @@ the GIL for their whole duration and have no timeout (see DESIGN.md).
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import httpx
 from convex.values import convex_to_json
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from agent_runtime import __version__
 from agent_runtime.errors import (
     AgentNotFound,
     ApplicationError,
+    Fenced,
     FunctionError,
     InvalidAgent,
+    InvalidArgument,
+    MessageNotFound,
     ServiceKeyRejected,
     WorkerIdTaken,
 )
@@ -31,7 +34,17 @@ from backend.convex_watch import AgentsWatcher
 from backend.port import CLOSE_TIMEOUT_S, Backend
 from backend.retry import Unavailable, call_with_retries
 from messages import AgentRecord, Heartbeat
-from messages.agent import parse_agent_row
+from messages.agent import describe_validation_error, parse_agent_row
+from messages.whatsapp import (
+    ClaimedMessage,
+    InboundMessage,
+    Lease,
+    OutboundStatus,
+    StatusUpdate,
+    WebhookRecorded,
+)
+
+Parsed = TypeVar("Parsed", bound=BaseModel)
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 10.0
@@ -123,7 +136,7 @@ class ConvexBackend(Backend):
         if session_key is not None:
             args["sessionKey"] = session_key
         # Not idempotent: a retry after a lost answer could create the agent twice.
-        return _record(self._call("mutation", "service/agents:create", args, idempotent=False))
+        return _record(self._agent_call("service/agents:create", args, idempotent=False))
 
     def update_agent(
         self,
@@ -149,9 +162,141 @@ class ConvexBackend(Backend):
     def _agent_call(self, path: str, args: dict[str, Any], *, idempotent: bool) -> Any:
         try:
             return self._call("mutation", path, args, idempotent=idempotent)
+        except InvalidArgument as error:
+            raise InvalidAgent(str(error)) from None
         except ApplicationError as error:
             if error.code == "NOT_FOUND":
                 raise AgentNotFound(args["agentId"]) from None
+            raise
+
+    # WhatsApp. Retried only where a repeat is harmless: a lease call is idempotent for
+    # its owner, a mark answers a repeat as the first call did, a release of a released
+    # claim says False. A claim is never retried (it would lock a second batch).
+
+    def acquire_lease(self, account_id: str, owner_id: str, ttl_ms: int) -> Lease:
+        args = {"accountId": account_id, "ownerId": owner_id, "ttlMs": ttl_ms}
+        answer = self._call("mutation", "service/whatsapp:acquireLease", args, idempotent=True)
+        return _parsed(Lease, answer)
+
+    def release_lease(self, account_id: str, owner_id: str, epoch: int) -> bool:
+        args = {"accountId": account_id, "ownerId": owner_id, "epoch": epoch}
+        answer = self._call("mutation", "service/whatsapp:releaseLease", args, idempotent=True)
+        return isinstance(answer, dict) and answer.get("released") is True
+
+    def get_lease(self, account_id: str) -> Lease | None:
+        args = {"accountId": account_id}
+        answer = self._call("query", "service/whatsapp:getLease", args, idempotent=True)
+        return None if answer is None else _parsed(Lease, answer)
+
+    def enqueue_outbound(
+        self, account_id: str, to: str, text: str, idempotency_key: str | None = None
+    ) -> str:
+        args: dict[str, Any] = {"accountId": account_id, "to": to, "text": text}
+        if idempotency_key is not None:
+            args["idempotencyKey"] = idempotency_key
+        # With a key a retry returns the first message; without one it could queue two.
+        idempotent = idempotency_key is not None
+        answer = self._call("mutation", "service/whatsapp:enqueue", args, idempotent=idempotent)
+        if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+            raise FunctionError(f"expected {{id}}, got {str(answer)[:80]}")
+        return str(answer["id"])
+
+    def claim_outbound(
+        self,
+        account_id: str,
+        owner_id: str,
+        epoch: int,
+        *,
+        limit: int,
+        lock_ms: int,
+        max_attempts: int,
+    ) -> list[ClaimedMessage]:
+        args = {
+            "accountId": account_id,
+            "ownerId": owner_id,
+            "epoch": epoch,
+            "limit": limit,
+            "lockMs": lock_ms,
+            "maxAttempts": max_attempts,
+        }
+        answer = self._whatsapp("service/whatsapp:claimOutbound", args, idempotent=False)
+        if not isinstance(answer, list):
+            raise FunctionError(f"expected a list of messages, got {str(answer)[:80]}")
+        return [_parsed(ClaimedMessage, row) for row in answer]
+
+    def mark_sent(self, message_id: str, claim_token: str, epoch: int, wamid: str) -> None:
+        args = {"id": message_id, "claimToken": claim_token, "epoch": epoch, "wamid": wamid}
+        self._whatsapp("service/whatsapp:markSent", args, idempotent=True)
+
+    def mark_failed(
+        self,
+        message_id: str,
+        claim_token: str,
+        epoch: int,
+        *,
+        error: str,
+        retry_at_ms: int | None,
+        max_attempts: int,
+    ) -> OutboundStatus:
+        args: dict[str, Any] = {
+            "id": message_id,
+            "claimToken": claim_token,
+            "epoch": epoch,
+            "error": error,
+            "maxAttempts": max_attempts,
+        }
+        if retry_at_ms is not None:
+            args["retryAt"] = retry_at_ms
+        answer = self._whatsapp("service/whatsapp:markFailed", args, idempotent=True)
+        status = answer.get("status") if isinstance(answer, dict) else None
+        if status not in ("queued", "failed"):
+            raise FunctionError(f"expected {{status}}, got {str(answer)[:80]}")
+        return cast(OutboundStatus, status)
+
+    def release_outbound(
+        self, message_id: str, claim_token: str, not_before_ms: int | None = None
+    ) -> bool:
+        args: dict[str, Any] = {"id": message_id, "claimToken": claim_token}
+        if not_before_ms is not None:
+            args["notBefore"] = not_before_ms
+        answer = self._whatsapp("service/whatsapp:release", args, idempotent=True)
+        return isinstance(answer, dict) and answer.get("released") is True
+
+    def record_webhook(
+        self,
+        account_id: str,
+        messages: Sequence[InboundMessage],
+        statuses: Sequence[StatusUpdate],
+    ) -> WebhookRecorded:
+        args = {
+            "accountId": account_id,
+            "messages": [m.model_dump(by_alias=True) for m in messages],
+            "statuses": [u.model_dump(by_alias=True, exclude_none=True) for u in statuses],
+        }
+        # Recording is deduplicated on the provider ids: a repeat records nothing twice.
+        answer = self._call("mutation", "service/whatsapp:recordWebhook", args, idempotent=True)
+        return _parsed(WebhookRecorded, answer)
+
+    def list_outbox(
+        self, account_id: str, status: OutboundStatus | None = None
+    ) -> list[dict[str, Any]]:
+        args: dict[str, Any] = {"accountId": account_id}
+        if status is not None:
+            args["status"] = status
+        return _rows(self._call("query", "service/whatsapp:listOutbox", args, idempotent=True))
+
+    def list_inbox(self, account_id: str) -> list[dict[str, Any]]:
+        args = {"accountId": account_id}
+        return _rows(self._call("query", "service/whatsapp:listInbox", args, idempotent=True))
+
+    def _whatsapp(self, path: str, args: dict[str, Any], *, idempotent: bool) -> Any:
+        try:
+            return self._call("mutation", path, args, idempotent=idempotent)
+        except ApplicationError as error:
+            if error.code == "FENCED":
+                raise Fenced(str(error)) from None
+            if error.code == "NOT_FOUND":
+                raise MessageNotFound(str(args.get("id"))) from None
             raise
 
     def watch_agents(self, on_change: Callable[[], None]) -> AgentsWatcher | None:
@@ -228,7 +373,7 @@ def _function_failure(
                 " the deployment's AGENT_SECRET (npx convex env set AGENT_SECRET ... --prod)"
             )
         if code == "INVALID_ARGUMENT":
-            return InvalidAgent(message)
+            return InvalidArgument(message)
         return ApplicationError(code, message)
     first_lines = " ".join(str(answer.get("errorMessage", "")).split("\n")[:2]).strip()
     return FunctionError(f"{where}: function failed: {redact(first_lines)}")
@@ -248,6 +393,15 @@ def _rows(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise FunctionError(f"expected a list of rows, got {type(value).__name__}")
     return value
+
+
+def _parsed(kind: type[Parsed], value: Any) -> Parsed:
+    try:
+        return kind.model_validate(value)
+    except ValidationError as error:
+        raise FunctionError(
+            f"the backend returned an invalid {kind.__name__}: {describe_validation_error(error)}"
+        ) from None
 
 
 def _ids(value: Any) -> list[str]:

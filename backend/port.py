@@ -11,6 +11,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from messages import AgentRecord, Heartbeat
+from messages.whatsapp import (
+    ClaimedMessage,
+    InboundMessage,
+    Lease,
+    OutboundStatus,
+    StatusUpdate,
+    WebhookRecorded,
+)
 
 CLOSE_TIMEOUT_S = 5.0
 
@@ -98,6 +106,108 @@ class Backend(abc.ABC):
     def list_workers(self) -> list[str]:
         """The live worker ids (registrations not yet expired by the backend's clock),
         sorted."""
+
+    # --- WhatsApp: the lease, the outbound queue, webhooks ------------------------------
+
+    @abc.abstractmethod
+    def acquire_lease(self, account_id: str, owner_id: str, ttl_ms: int) -> Lease:
+        """Take the account's lease (none, or expired and another owner's: epoch + 1),
+        or renew it (this owner's, live or expired but not taken since: same epoch), for
+        `ttl_ms` from now by the backend's clock. Another owner's live lease is returned
+        unchanged with `held=False`."""
+
+    @abc.abstractmethod
+    def release_lease(self, account_id: str, owner_id: str, epoch: int) -> bool:
+        """Expire the lease now if it carries this owner and epoch; True if it did. Never
+        releases a successor's lease."""
+
+    @abc.abstractmethod
+    def get_lease(self, account_id: str) -> Lease | None:
+        """The account's lease as stored (`held` False), or None if it never had one."""
+
+    @abc.abstractmethod
+    def enqueue_outbound(
+        self, account_id: str, to: str, text: str, idempotency_key: str | None = None
+    ) -> str:
+        """Queue a text message to `to` and return its id; a repeated `idempotency_key`
+        returns the first message's id and queues nothing.
+
+        Raises:
+            InvalidArgument: `to` is not 7 to 15 digits, or `text` not 1 to 4096 chars.
+        """
+
+    @abc.abstractmethod
+    def claim_outbound(
+        self,
+        account_id: str,
+        owner_id: str,
+        epoch: int,
+        *,
+        limit: int,
+        lock_ms: int,
+        max_attempts: int,
+    ) -> list[ClaimedMessage]:
+        """Claim up to `limit` sendable messages, oldest first, each locked for
+        `lock_ms` under a new claim token; an expired lock counts as an attempt (and
+        fails a message that reaches `max_attempts`).
+
+        Raises:
+            Fenced: this owner does not hold the live lease at this epoch.
+        """
+
+    @abc.abstractmethod
+    def mark_sent(self, message_id: str, claim_token: str, epoch: int, wamid: str) -> None:
+        """Record the send with the provider's id. Idempotent for the same claim.
+
+        Raises:
+            Fenced: the claim token is not current, or the lease moved past `epoch`.
+        """
+
+    @abc.abstractmethod
+    def mark_failed(
+        self,
+        message_id: str,
+        claim_token: str,
+        epoch: int,
+        *,
+        error: str,
+        retry_at_ms: int | None,
+        max_attempts: int,
+    ) -> OutboundStatus:
+        """Count a failed attempt; queue the message again from `retry_at_ms` if given
+        and attempts remain, else fail it with `error`. Returns the new status.
+
+        Raises:
+            Fenced: the claim token is not current, or the lease moved past `epoch`.
+        """
+
+    @abc.abstractmethod
+    def release_outbound(
+        self, message_id: str, claim_token: str, not_before_ms: int | None = None
+    ) -> bool:
+        """Put a claimed, unsent message back in the queue without counting an attempt;
+        False if the claim token is no longer current. Needs no lease."""
+
+    @abc.abstractmethod
+    def record_webhook(
+        self,
+        account_id: str,
+        messages: Sequence[InboundMessage],
+        statuses: Sequence[StatusUpdate],
+    ) -> WebhookRecorded:
+        """Store inbound messages and apply status updates, each once (provider ids are
+        deduplicated for at least 8 days); in one write."""
+
+    @abc.abstractmethod
+    def list_outbox(
+        self, account_id: str, status: OutboundStatus | None = None
+    ) -> list[dict[str, Any]]:
+        """Outbound messages, oldest first, as camelCase rows
+        (`id, to, text, status, attempts, wamid, lastError, createdAt, updatedAt`)."""
+
+    @abc.abstractmethod
+    def list_inbox(self, account_id: str) -> list[dict[str, Any]]:
+        """Inbound messages, oldest first (`providerId, from, text, receivedAt`)."""
 
     # --- administration (the `agents` CLI) -----------------------------------------
 

@@ -7,7 +7,7 @@ import { afterEach, describe, expect, test, vi } from "vitest";
 import { call, newBackend, type Kind } from "./testing";
 
 const SECRET = "contract-secret";
-const CODES = ["UNAUTHORIZED", "NOT_FOUND", "INVALID_ARGUMENT", "CONFLICT"];
+const CODES = ["UNAUTHORIZED", "NOT_FOUND", "INVALID_ARGUMENT", "CONFLICT", "FENCED"];
 const KINDS: Kind[] = ["query", "mutation", "action"];
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };

@@ -21,6 +21,25 @@ const CALLS: [Kind, string, Record<string, unknown>][] = [
   ["query", "service/workers:list", {}],
   ["action", "service/actions:listAgents", {}],
   ["action", "service/actions:updateAgentHeartbeat", { agentId: "x", atMs: 1 }],
+  ["mutation", "service/whatsapp:acquireLease", { accountId: "a", ownerId: "o", ttlMs: 5000 }],
+  ["mutation", "service/whatsapp:releaseLease", { accountId: "a", ownerId: "o", epoch: 1 }],
+  ["query", "service/whatsapp:getLease", { accountId: "a" }],
+  ["mutation", "service/whatsapp:enqueue", { accountId: "a", to: "15550000001", text: "hi" }],
+  [
+    "mutation",
+    "service/whatsapp:claimOutbound",
+    { accountId: "a", ownerId: "o", epoch: 1, limit: 1, lockMs: 5000, maxAttempts: 1 },
+  ],
+  ["mutation", "service/whatsapp:markSent", { id: "x", claimToken: "t", epoch: 1, wamid: "w" }],
+  [
+    "mutation",
+    "service/whatsapp:markFailed",
+    { id: "x", claimToken: "t", epoch: 1, error: "e", maxAttempts: 1 },
+  ],
+  ["mutation", "service/whatsapp:release", { id: "x", claimToken: "t" }],
+  ["mutation", "service/whatsapp:recordWebhook", { accountId: "a", messages: [], statuses: [] }],
+  ["query", "service/whatsapp:listOutbox", { accountId: "a" }],
+  ["query", "service/whatsapp:listInbox", { accountId: "a" }],
 ];
 
 type CodedError = ConvexError<{ code: string; message: string }>;

@@ -12,11 +12,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent_runtime.errors import AgentNotFound, InvalidAgent, WorkerIdTaken
+from agent_runtime.errors import (
+    AgentNotFound,
+    Fenced,
+    InvalidArgument,
+    MessageNotFound,
+    WorkerIdTaken,
+)
 from backend.local import LocalBackend
 from messages import AgentRecord, Heartbeat
 from messages.agent import describe_validation_error
 from messages.text import label_problem
+from tests.convex_whatsapp_service import whatsapp_functions
 from tests.fake_convex import ServiceError
 
 
@@ -54,6 +61,7 @@ class LocalService:
                 self._update_heartbeat,
                 {"agentId", "atMs"},
             ),
+            **whatsapp_functions(backend),
         }
 
     def call(self, kind: str, path: str, args: dict[str, Any]) -> Any:
@@ -72,10 +80,12 @@ class LocalService:
         _check_arguments(args, takes)
         try:
             return function(args)
-        except AgentNotFound as error:
+        except (AgentNotFound, MessageNotFound) as error:
             raise ServiceError("NOT_FOUND", str(error)) from None
-        except InvalidAgent as error:
+        except InvalidArgument as error:
             raise ServiceError("INVALID_ARGUMENT", str(error)) from None
+        except Fenced as error:
+            raise ServiceError("FENCED", str(error)) from None
         except WorkerIdTaken as error:
             raise ServiceError("CONFLICT", str(error)) from None
 

@@ -15,13 +15,17 @@ from agent_runtime.clock import now_ms
 from agent_runtime.errors import (
     AgentNotFound,
     BackendUnavailable,
+    Fenced,
     FunctionError,
     InvalidAgent,
+    InvalidArgument,
+    MessageNotFound,
     ServiceKeyRejected,
     WorkerIdTaken,
 )
 from backend.convex import CLIENT_VERSION, ConvexBackend
 from messages import Heartbeat
+from messages.whatsapp import InboundMessage, StatusUpdate
 from tests.conftest import SECRET
 from tests.fake_convex import FakeConvex
 
@@ -247,3 +251,48 @@ def test_undecodable_answer_is_unavailable_not_a_crash() -> None:
 
 def test_client_header_version_is_semver() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", CLIENT_VERSION)
+
+
+def test_every_whatsapp_call_round_trips_and_fencing_maps_to_typed_errors(
+    convex: ConvexBackend,
+) -> None:
+    lease = convex.acquire_lease("acct", "owner-a", 60_000)
+    assert (lease.owner_id, lease.epoch, lease.held) == ("owner-a", 1, True)
+    assert not convex.acquire_lease("acct", "owner-b", 60_000).held
+    first = convex.enqueue_outbound("acct", "+15550001", "hello", idempotency_key="k1")
+    assert convex.enqueue_outbound("acct", "+15550001", "hello", idempotency_key="k1") == first
+    second = convex.enqueue_outbound("acct", "15550002", "again")
+    with pytest.raises(InvalidArgument, match="to"):
+        convex.enqueue_outbound("acct", "not a number", "x")
+    one, two = convex.claim_outbound("acct", "owner-a", 1, limit=10, lock_ms=60_000, max_attempts=3)
+    assert (one.id, one.to, two.id) == (first, "15550001", second)
+    convex.mark_sent(one.id, one.claim_token, 1, "wamid.1")
+    convex.mark_sent(one.id, one.claim_token, 1, "wamid.1")  # a repeat answers as before
+    assert (
+        convex.mark_failed(
+            two.id, two.claim_token, 1, error="131000", retry_at_ms=0, max_attempts=3
+        )
+        == "queued"
+    )
+    with pytest.raises(Fenced):
+        convex.mark_sent(two.id, "not-the-token", 1, "wamid.2")
+    with pytest.raises(MessageNotFound):
+        convex.release_outbound("no-such-message", "t")
+    recorded = convex.record_webhook(
+        "acct",
+        [InboundMessage(provider_id="in.1", sender="15550001", text="hi", timestamp=5)],
+        [StatusUpdate(provider_id="wamid.1", status="delivered", timestamp=6)],
+    )
+    assert (recorded.messages, recorded.statuses, recorded.duplicates) == (1, 1, 0)
+    outbox = {row["id"]: row for row in convex.list_outbox("acct")}
+    assert (outbox[first]["status"], outbox[first]["wamid"]) == ("delivered", "wamid.1")
+    assert outbox[second]["lastError"] == "131000"
+    assert [m["providerId"] for m in convex.list_inbox("acct")] == ["in.1"]
+    assert convex.release_lease("acct", "owner-a", 1)
+    taken = convex.acquire_lease("acct", "owner-b", 60_000)
+    assert (taken.owner_id, taken.epoch) == ("owner-b", 2)
+    with pytest.raises(Fenced):
+        convex.claim_outbound("acct", "owner-a", 1, limit=1, lock_ms=60_000, max_attempts=3)
+    stored = convex.get_lease("acct")
+    assert stored is not None
+    assert (stored.owner_id, stored.epoch) == ("owner-b", 2)

@@ -19,7 +19,7 @@ from agent_runtime.app import doctor
 from agent_runtime.app.backends import open_backend
 from agent_runtime.app.config import load_settings
 from agent_runtime.app.roles import ROLE_NAMES
-from agent_runtime.errors import BackendError, ConfigError, InvalidAgent
+from agent_runtime.errors import BackendError, ConfigError, InvalidArgument
 from backend.port import Backend
 from messages import AgentRecord, parse_agent_rows
 from messages.agent import MAX_HEARTBEAT_INTERVAL_MS
@@ -146,7 +146,7 @@ def _command(argv: Sequence[str] | None) -> int:
             return _agents(args, backend)
         finally:
             backend.close()
-    except InvalidAgent as error:
+    except InvalidArgument as error:
         print(f"agent-runtime: {error}", file=sys.stderr)
         return EXIT_USAGE
     except BackendError as error:

@@ -8,6 +8,8 @@ import { v } from "convex/values";
  * `service/agents:version`, moved by every configuration change and by every worker
  * that joins, leaves or expires. `sweeps` holds at most one document: the pending
  * presence sweep (see ../lib/model.ts). `workers` holds the worker registrations.
+ * The `whatsapp*` tables hold the sender lease of each WhatsApp account, the outbound
+ * queue, and what webhooks delivered (see ../lib/whatsapp.ts).
  */
 export default defineSchema({
   agents: defineTable({
@@ -52,4 +54,81 @@ export default defineSchema({
   })
     .index("by_workerId", ["workerId"])
     .index("by_expiresAt", ["expiresAt"]),
+  whatsappLeases: defineTable({
+    accountId: v.string(),
+    ownerId: v.string(),
+    /** Moves by one each time another owner takes the lease; never goes back. */
+    epoch: v.number(),
+    /** Epoch ms: the lease is held while `expiresAt` is later than the clock. */
+    expiresAt: v.number(),
+  }).index("by_accountId", ["accountId"]),
+  whatsappOutbound: defineTable({
+    accountId: v.string(),
+    /** Digits only (no "+"). */
+    to: v.string(),
+    text: v.string(),
+    status: v.union(
+      v.literal("queued"),
+      v.literal("sending"),
+      v.literal("sent"),
+      v.literal("delivered"),
+      v.literal("read"),
+      v.literal("failed"),
+    ),
+    /** Failed sends, and claim locks that expired. */
+    attempts: v.number(),
+    /** Epoch ms: a queued message is not claimed before. */
+    notBefore: v.number(),
+    /**
+     * The latest claim's token: current while `sending`; kept after `markSent` and
+     * `markFailed` so that a repeat is recognized; removed by `release`.
+     */
+    claimToken: v.optional(v.string()),
+    /** The lease epoch of the latest claim. */
+    claimEpoch: v.optional(v.number()),
+    /** Epoch ms: while `sending`, the claim's lock lasts until then. */
+    lockedUntil: v.optional(v.number()),
+    /** WhatsApp's message id, from `markSent`. */
+    wamid: v.optional(v.string()),
+    lastError: v.optional(v.string()),
+    idempotencyKey: v.optional(v.string()),
+    createdAt: v.number(),
+    updatedAt: v.number(),
+  })
+    .index("by_accountId", ["accountId"])
+    .index("by_accountId_status", ["accountId", "status"])
+    .index("by_accountId_status_notBefore", ["accountId", "status", "notBefore"])
+    .index("by_accountId_status_lockedUntil", ["accountId", "status", "lockedUntil"])
+    .index("by_accountId_idempotencyKey", ["accountId", "idempotencyKey"])
+    .index("by_wamid", ["wamid"]),
+  whatsappInbound: defineTable({
+    accountId: v.string(),
+    /** WhatsApp's message id: recorded once (the dedupe key). */
+    providerId: v.string(),
+    from: v.string(),
+    text: v.string(),
+    /** Epoch ms: the webhook's timestamp of the message. */
+    receivedAt: v.number(),
+    /** Epoch ms: when the backend recorded it. */
+    recordedAt: v.number(),
+  })
+    .index("by_providerId", ["providerId"])
+    .index("by_accountId_receivedAt", ["accountId", "receivedAt"]),
+  whatsappStatuses: defineTable({
+    accountId: v.string(),
+    /** The wamid of an outbound message. */
+    providerId: v.string(),
+    /** Recorded once per (providerId, status) (the dedupe key). */
+    status: v.union(
+      v.literal("sent"),
+      v.literal("delivered"),
+      v.literal("read"),
+      v.literal("failed"),
+    ),
+    /** Epoch ms: the webhook's timestamp of the status. */
+    timestamp: v.number(),
+    error: v.optional(v.string()),
+    /** Epoch ms: when the backend recorded it. */
+    recordedAt: v.number(),
+  }).index("by_providerId_status", ["providerId", "status"]),
 });

@@ -18,10 +18,12 @@ import type * as lib_errors from "../lib/errors.js";
 import type * as lib_model from "../lib/model.js";
 import type * as lib_scheduled from "../lib/scheduled.js";
 import type * as lib_serviceKey from "../lib/serviceKey.js";
+import type * as lib_whatsapp from "../lib/whatsapp.js";
 import type * as lib_workers from "../lib/workers.js";
 import type * as service_actions from "../service/actions.js";
 import type * as service_agents from "../service/agents.js";
 import type * as service_presence from "../service/presence.js";
+import type * as service_whatsapp from "../service/whatsapp.js";
 import type * as service_workers from "../service/workers.js";
 
 /**
@@ -38,10 +40,12 @@ declare const fullApi: ApiFromModules<{
   "lib/model": typeof lib_model;
   "lib/scheduled": typeof lib_scheduled;
   "lib/serviceKey": typeof lib_serviceKey;
+  "lib/whatsapp": typeof lib_whatsapp;
   "lib/workers": typeof lib_workers;
   "service/actions": typeof service_actions;
   "service/agents": typeof service_agents;
   "service/presence": typeof service_presence;
+  "service/whatsapp": typeof service_whatsapp;
   "service/workers": typeof service_workers;
 }>;
 export declare const api: FilterApi<

@@ -13,9 +13,33 @@ export const MAX_HEARTBEAT_INTERVAL_MS = 86_400_000;
 /** Longest label (`name`, `sessionKey`, `workerId`, `instanceId`), in characters. */
 export const MAX_LABEL_LENGTH = 200;
 
-/** Shortest and longest worker registration lifetime (`ttlMs`). */
+/** Shortest and longest registration, lease and claim lock lifetime (`ttlMs`, `lockMs`). */
 export const MIN_TTL_MS = 1_000;
 export const MAX_TTL_MS = 600_000;
+
+/** Most messages one claim takes (`limit`) and most attempts per message (`maxAttempts`). */
+export const MAX_COUNT = 100;
+
+/** Longest WhatsApp message text, in characters (Unicode code points). */
+export const MAX_TEXT_LENGTH = 4096;
+
+/** Most inbound messages, and most statuses, in one webhook delivery. */
+export const MAX_WEBHOOK_ITEMS = 1000;
+
+/** Statuses of an outbound WhatsApp message (`queued` -> `sending` -> `sent` -> ...). */
+export const OUTBOUND_STATUSES = [
+  "queued",
+  "sending",
+  "sent",
+  "delivered",
+  "read",
+  "failed",
+] as const;
+export type OutboundStatus = (typeof OUTBOUND_STATUSES)[number];
+
+/** Statuses a webhook reports for a sent message. */
+export const DELIVERY_STATUSES = ["sent", "delivered", "read", "failed"] as const;
+export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
 
 /** C0 and C1 control characters (and DEL): a newline, a tab or an ESC would forge log lines. */
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
@@ -23,6 +47,17 @@ const CONTROL_GLOBAL = new RegExp(CONTROL.source, "g");
 
 /** One heartbeat: the agent was alive at `atMs` (epoch milliseconds). */
 export type Beat = { agentId: string; atMs: number };
+
+/** One inbound WhatsApp message of a webhook delivery; `timestamp` in epoch ms. */
+export type WebhookMessage = { providerId: string; from: string; text: string; timestamp: number };
+
+/** One status of a webhook delivery: `providerId` is the wamid of an outbound message. */
+export type WebhookStatus = {
+  providerId: string;
+  status: DeliveryStatus;
+  timestamp: number;
+  error?: string;
+};
 
 /**
  * Render a value for an error message: JSON (which escapes C0 controls; C1 controls and
@@ -62,8 +97,9 @@ export function serviceArgs(args: unknown, allowed: string[]): Record<string, un
 }
 
 /**
- * A label (`name`, `sessionKey`, `workerId`, `instanceId`): a string of 1 to 200
- * characters (Unicode code points, not UTF-16 units) with no control characters
+ * A label (`name`, `sessionKey`, `workerId`, `instanceId`, `accountId`, `ownerId`,
+ * `idempotencyKey`, `claimToken`, `wamid`, a webhook's `providerId` and `from`): a string
+ * of 1 to 200 characters (Unicode code points, not UTF-16 units) with no control characters
  * (U+0000 to U+001F, U+007F to U+009F).
  */
 export function label(field: string, value: unknown): string {
@@ -80,7 +116,7 @@ export function label(field: string, value: unknown): string {
   return value;
 }
 
-/** A string (an agent id). */
+/** A string (an agent id, an `error`). */
 export function string(field: string, value: unknown): string {
   if (typeof value !== "string") invalid(field, "a string", value);
   return value;
@@ -99,9 +135,53 @@ export function heartbeatIntervalMs(field: string, value: unknown): number {
   return wholeNumberIn(field, value, 1, MAX_HEARTBEAT_INTERVAL_MS);
 }
 
-/** A whole number from 1000 to 600000 (`ttlMs`). */
+/** A whole number from 1000 to 600000 (`ttlMs`, `lockMs`). */
 export function ttlMs(field: string, value: unknown): number {
   return wholeNumberIn(field, value, MIN_TTL_MS, MAX_TTL_MS);
+}
+
+/** A whole number from 1 to 100 (`limit`, `maxAttempts`). */
+export function count(field: string, value: unknown): number {
+  return wholeNumberIn(field, value, 1, MAX_COUNT);
+}
+
+/** A whole number >= 1 (a lease `epoch`). */
+export function epoch(field: string, value: unknown): number {
+  return wholeNumberIn(field, value, 1, Number.MAX_SAFE_INTEGER);
+}
+
+/**
+ * A phone number (`to`): 7 to 15 ASCII digits with an optional leading "+". Returns the
+ * digits, without the "+".
+ */
+export function phoneNumber(field: string, value: unknown): string {
+  if (typeof value !== "string" || !/^\+?[0-9]{7,15}$/.test(value)) {
+    invalid(field, 'a string of 7 to 15 digits with an optional leading "+"', value);
+  }
+  return value.startsWith("+") ? value.slice(1) : value;
+}
+
+/**
+ * A message text of `min` to 4096 characters (Unicode code points); any characters,
+ * since a message may have several lines.
+ */
+export function text(field: string, value: unknown, min = 1): string {
+  if (
+    typeof value !== "string" ||
+    value.length < min ||
+    (value.length > MAX_TEXT_LENGTH && [...value].length > MAX_TEXT_LENGTH)
+  ) {
+    invalid(field, `a string of ${min} to ${MAX_TEXT_LENGTH} characters`, value);
+  }
+  return value;
+}
+
+/** One of `options` (a status). */
+export function oneOf<T extends string>(field: string, value: unknown, options: readonly T[]): T {
+  if (typeof value !== "string" || !(options as readonly string[]).includes(value)) {
+    invalid(field, `one of ${options.join(", ")}`, value);
+  }
+  return value as T;
 }
 
 /** A whole number >= 0 (epoch milliseconds). */
@@ -121,23 +201,94 @@ export function optional<T>(
   return value === undefined ? undefined : check(field, value);
 }
 
-/** An array of strings (`agentIds`). */
-export function stringArray(field: string, value: unknown): string[] {
-  if (!Array.isArray(value)) invalid(field, "an array of strings", value);
-  return value.map((item, i) => string(`${field}[${i}]`, item));
+/**
+ * An array of at most `max` items (default: no limit), each checked by `item` with its
+ * field name (`beats[0]`).
+ */
+function arrayOf<T>(
+  field: string,
+  value: unknown,
+  what: string,
+  item: (at: string, value: unknown) => T,
+  max = Infinity,
+): T[] {
+  if (!Array.isArray(value) || value.length > max) {
+    const most = max === Infinity ? "" : ` (at most ${max})`;
+    invalid(field, `an array of ${what}${most}`, value);
+  }
+  return value.map((element, i) => item(`${field}[${i}]`, element));
+}
+
+/**
+ * An object with the keys `keys` (those ending in "?" may be left out) and no others;
+ * each key's value is checked by the caller.
+ */
+function objectWith(field: string, value: unknown, keys: string[]): Record<string, unknown> {
+  const shape = `an object {${keys.join(", ")}}`;
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    invalid(field, shape, value);
+  }
+  const names = keys.map((key) => key.replace(/\?$/, ""));
+  if (Object.keys(value).some((key) => !names.includes(key))) invalid(field, shape, value);
+  return value as Record<string, unknown>;
 }
 
 /** An array of `{agentId: string, atMs: whole number >= 0}` (`beats`). */
 export function beats(field: string, value: unknown): Beat[] {
-  if (!Array.isArray(value)) invalid(field, "an array of {agentId, atMs}", value);
-  return value.map((item, i) => {
-    const at = `${field}[${i}]`;
-    if (typeof item !== "object" || item === null || Array.isArray(item)) {
-      invalid(at, "an object {agentId, atMs}", item);
-    }
-    const { agentId, atMs, ...rest } = item as Record<string, unknown>;
-    const extra = Object.keys(rest);
-    if (extra.length > 0) invalid(at, "an object {agentId, atMs}", item);
+  return arrayOf(field, value, "{agentId, atMs}", (at, item) => {
+    const { agentId, atMs } = objectWith(at, item, ["agentId", "atMs"]);
     return { agentId: string(`${at}.agentId`, agentId), atMs: epochMs(`${at}.atMs`, atMs) };
   });
+}
+
+/** An array of strings (`agentIds`). */
+export function stringArray(field: string, value: unknown): string[] {
+  return arrayOf(field, value, "strings", string);
+}
+
+/**
+ * At most 1000 inbound messages `{providerId: label, from: label, text: 0 to 4096
+ * characters, timestamp: epoch ms}` (a webhook's `messages`).
+ */
+export function webhookMessages(field: string, value: unknown): WebhookMessage[] {
+  const what = "{providerId, from, text, timestamp}";
+  return arrayOf(
+    field,
+    value,
+    what,
+    (at, item) => {
+      const m = objectWith(at, item, ["providerId", "from", "text", "timestamp"]);
+      return {
+        providerId: label(`${at}.providerId`, m.providerId),
+        from: label(`${at}.from`, m.from),
+        text: text(`${at}.text`, m.text, 0),
+        timestamp: epochMs(`${at}.timestamp`, m.timestamp),
+      };
+    },
+    MAX_WEBHOOK_ITEMS,
+  );
+}
+
+/**
+ * At most 1000 statuses `{providerId: label, status: sent|delivered|read|failed,
+ * timestamp: epoch ms, error?: string}` (a webhook's `statuses`).
+ */
+export function webhookStatuses(field: string, value: unknown): WebhookStatus[] {
+  const what = "{providerId, status, timestamp, error?}";
+  return arrayOf(
+    field,
+    value,
+    what,
+    (at, item) => {
+      const s = objectWith(at, item, ["providerId", "status", "timestamp", "error?"]);
+      const error = optional(string, `${at}.error`, s.error);
+      return {
+        providerId: label(`${at}.providerId`, s.providerId),
+        status: oneOf(`${at}.status`, s.status, DELIVERY_STATUSES),
+        timestamp: epochMs(`${at}.timestamp`, s.timestamp),
+        ...(error === undefined ? {} : { error }),
+      };
+    },
+    MAX_WEBHOOK_ITEMS,
+  );
 }

@@ -1,0 +1,183 @@
+"""The `service/whatsapp:*` functions of `LocalService`, on a real `LocalBackend`: the same
+arguments, results and error codes as the reference functions in convex/."""
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from backend.local import LocalBackend
+from messages.agent import describe_validation_error
+from messages.text import label_problem
+from messages.whatsapp import InboundMessage, Lease, StatusUpdate
+from tests.fake_convex import ServiceError
+
+Function = tuple[str, Callable[[dict[str, Any]], Any], set[str]]
+
+Item = TypeVar("Item", InboundMessage, StatusUpdate)
+
+MAX_WEBHOOK_ITEMS = 1000
+OUTBOUND_STATUSES = ("queued", "sending", "sent", "delivered", "read", "failed")
+
+
+def whatsapp_functions(backend: LocalBackend) -> dict[str, Function]:
+    """path -> (kind, implementation, the arguments it takes besides serviceKey)."""
+
+    def acquire(a: dict[str, Any]) -> dict[str, Any]:
+        lease = backend.acquire_lease(
+            _label(a, "accountId"), _label(a, "ownerId"), _whole(a, "ttlMs", 1000, 600_000)
+        )
+        return _lease(lease, held=True)
+
+    def release_lease(a: dict[str, Any]) -> dict[str, bool]:
+        released = backend.release_lease(
+            _label(a, "accountId"), _label(a, "ownerId"), _whole(a, "epoch", 1)
+        )
+        return {"released": released}
+
+    def get_lease(a: dict[str, Any]) -> dict[str, Any] | None:
+        lease = backend.get_lease(_label(a, "accountId"))
+        return _lease(lease, held=False) if lease is not None else None
+
+    def enqueue(a: dict[str, Any]) -> dict[str, str]:
+        key = _label(a, "idempotencyKey") if "idempotencyKey" in a else None
+        to, text = _string(a, "to"), _string(a, "text")
+        return {"id": backend.enqueue_outbound(_label(a, "accountId"), to, text, key)}
+
+    def claim(a: dict[str, Any]) -> list[dict[str, Any]]:
+        claimed = backend.claim_outbound(
+            _label(a, "accountId"),
+            _label(a, "ownerId"),
+            _whole(a, "epoch", 1),
+            limit=_whole(a, "limit", 1, 100),
+            lock_ms=_whole(a, "lockMs", 1000, 600_000),
+            max_attempts=_whole(a, "maxAttempts", 1, 100),
+        )
+        return [m.model_dump(by_alias=True) for m in claimed]
+
+    def mark_sent(a: dict[str, Any]) -> None:
+        backend.mark_sent(
+            _string(a, "id"), _string(a, "claimToken"), _whole(a, "epoch", 1), _label(a, "wamid")
+        )
+
+    def mark_failed(a: dict[str, Any]) -> dict[str, str]:
+        status = backend.mark_failed(
+            _string(a, "id"),
+            _string(a, "claimToken"),
+            _whole(a, "epoch", 1),
+            error=_string(a, "error"),
+            retry_at_ms=_whole(a, "retryAt", 0) if "retryAt" in a else None,
+            max_attempts=_whole(a, "maxAttempts", 1, 100),
+        )
+        return {"status": status}
+
+    def release(a: dict[str, Any]) -> dict[str, bool]:
+        not_before = _whole(a, "notBefore", 0) if "notBefore" in a else None
+        return {
+            "released": backend.release_outbound(
+                _string(a, "id"), _string(a, "claimToken"), not_before
+            )
+        }
+
+    def record(a: dict[str, Any]) -> dict[str, int]:
+        messages = [_item(InboundMessage, m) for m in _array(a, "messages")]
+        statuses = [_item(StatusUpdate, s) for s in _array(a, "statuses")]
+        recorded = backend.record_webhook(_label(a, "accountId"), messages, statuses)
+        return recorded.model_dump()
+
+    def outbox(a: dict[str, Any]) -> list[dict[str, Any]]:
+        status = a.get("status")
+        if status is not None and status not in OUTBOUND_STATUSES:
+            raise ServiceError("INVALID_ARGUMENT", f"status: one of {OUTBOUND_STATUSES}")
+        return backend.list_outbox(_label(a, "accountId"), status)
+
+    return {
+        "service/whatsapp:acquireLease": ("mutation", acquire, {"accountId", "ownerId", "ttlMs"}),
+        "service/whatsapp:releaseLease": (
+            "mutation",
+            release_lease,
+            {"accountId", "ownerId", "epoch"},
+        ),
+        "service/whatsapp:getLease": ("query", get_lease, {"accountId"}),
+        "service/whatsapp:enqueue": (
+            "mutation",
+            enqueue,
+            {"accountId", "to", "text", "idempotencyKey"},
+        ),
+        "service/whatsapp:claimOutbound": (
+            "mutation",
+            claim,
+            {"accountId", "ownerId", "epoch", "limit", "lockMs", "maxAttempts"},
+        ),
+        "service/whatsapp:markSent": (
+            "mutation",
+            mark_sent,
+            {"id", "claimToken", "epoch", "wamid"},
+        ),
+        "service/whatsapp:markFailed": (
+            "mutation",
+            mark_failed,
+            {"id", "claimToken", "epoch", "error", "retryAt", "maxAttempts"},
+        ),
+        "service/whatsapp:release": ("mutation", release, {"id", "claimToken", "notBefore"}),
+        "service/whatsapp:recordWebhook": (
+            "mutation",
+            record,
+            {"accountId", "messages", "statuses"},
+        ),
+        "service/whatsapp:listOutbox": ("query", outbox, {"accountId", "status"}),
+        "service/whatsapp:listInbox": (
+            "query",
+            lambda a: backend.list_inbox(_label(a, "accountId")),
+            {"accountId"},
+        ),
+    }
+
+
+def _lease(lease: Lease, *, held: bool) -> dict[str, Any]:
+    row = lease.model_dump(by_alias=True)
+    if held:
+        row["held"] = lease.held
+    else:
+        del row["held"]
+    return row
+
+
+def _string(args: dict[str, Any], name: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str):
+        raise ServiceError("INVALID_ARGUMENT", f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def _label(args: dict[str, Any], name: str) -> str:
+    value = _string(args, name)
+    problem = label_problem(value)
+    if problem is not None:
+        raise ServiceError("INVALID_ARGUMENT", f"{name}: {problem}")
+    return value
+
+
+def _whole(args: dict[str, Any], name: str, low: int, high: int | None = None) -> int:
+    value = args.get(name)
+    whole = isinstance(value, int | float) and not isinstance(value, bool)
+    if not whole or value != int(value) or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise ServiceError("INVALID_ARGUMENT", f"{name}: a whole number {bounds}, got {value!r}")
+    return int(value)
+
+
+def _array(args: dict[str, Any], name: str) -> list[Any]:
+    value = args.get(name)
+    if not isinstance(value, list) or len(value) > MAX_WEBHOOK_ITEMS:
+        raise ServiceError(
+            "INVALID_ARGUMENT", f"{name}: an array of at most {MAX_WEBHOOK_ITEMS} items"
+        )
+    return value
+
+
+def _item(kind: type[Item], item: Any) -> Item:
+    try:
+        return kind.model_validate(item)
+    except ValidationError as error:
+        raise ServiceError("INVALID_ARGUMENT", describe_validation_error(error)) from None
