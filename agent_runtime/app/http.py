@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import threading
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import uvicorn
@@ -13,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from actors.agents.heartbeat_writer import STATUS_NAME as HEARTBEATS
 from actors.agents.membership import STATUS_NAME as MEMBERSHIP
@@ -106,8 +107,11 @@ def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str
     }
 
 
-def build_app(settings: Settings, board: StatusBoard, started_s: float) -> Starlette:
-    """The ASGI app: /health, /agents, /agents/{id} and /metrics."""
+def build_app(
+    settings: Settings, board: StatusBoard, started_s: float, routes: Sequence[BaseRoute] = ()
+) -> Starlette:
+    """The ASGI app: /health, /agents, /agents/{id}, /metrics, and the role's `routes`
+    (the WhatsApp webhook on the roles that receive it)."""
 
     def running() -> tuple[tuple[RunningAgent, ...], HeartbeatStatus]:
         sync = _snapshot(board, AGENT_SYNC, SyncStatus)
@@ -141,6 +145,7 @@ def build_app(settings: Settings, board: StatusBoard, started_s: float) -> Starl
             Route("/agents", get_agents),
             Route("/agents/{agent_id}", get_agent),
             Route("/metrics", get_metrics),
+            *routes,
         ]
     )
 
@@ -150,7 +155,13 @@ class HttpServer:
     tells which. `start()` returns once the socket is bound (and raises OSError if it
     cannot be)."""
 
-    def __init__(self, settings: Settings, board: StatusBoard, started_s: float) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        board: StatusBoard,
+        started_s: float,
+        routes: Sequence[BaseRoute] = (),
+    ) -> None:
         self._socket = socket.create_server(
             (settings.host, settings.port), family=_family(settings.host), reuse_port=False
         )
@@ -160,7 +171,7 @@ class HttpServer:
         self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
-            build_app(settings, board, started_s),
+            build_app(settings, board, started_s, routes),
             log_config=None,
             access_log=False,
             lifespan="off",
