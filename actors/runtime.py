@@ -1,13 +1,14 @@
 """Runtime: the root supervisor. Wires the role's actors and owns the shutdown order.
 
-Children are started in order (HeartbeatWriter, SyncActor, Membership) and stopped in
-reverse, after the Membership has deregistered this worker (so the other workers take
-its agents while it stops them), all within one stop deadline.
-A crashed child is restarted with backoff together with its sibling (OTP's one_for_all:
-the SyncActor and its agents hold the writer's ref, and a restart of both is cheap: the
-writer flushes on stop, the new SyncActor re-spawns the agents in its first sync). Past
-the restart intensity limit the Runtime gives up and calls `on_fatal`, and the process
-exits non-zero so the platform restarts it.
+Children are started in order (HeartbeatWriter, SyncActor, Membership, LeaseActor, as
+the role has them) and stopped in reverse, after the Membership has deregistered this
+worker (so the other workers take its agents while it stops them), all within one stop
+deadline; the LeaseActor's stop drains its sender and releases the lease. A crashed
+child is restarted with backoff together with its siblings (OTP's one_for_all: the
+SyncActor and its agents hold the writer's ref, and a restart of all is cheap: the
+writer flushes on stop, the new SyncActor re-spawns the agents in its first sync, the new
+LeaseActor renews the same owner's lease). Past the restart intensity limit the Runtime
+gives up and calls `on_fatal`, and the process exits non-zero so the platform restarts it.
 """
 
 import contextlib
@@ -26,11 +27,15 @@ from actors.agents.sync import SyncActor
 from actors.dispatcher import Dispatcher
 from actors.scheduler import Scheduler, Timers
 from actors.supervision import DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_S, RestartIntensity
+from actors.whatsapp.lease import LeaseActor
+from actors.whatsapp.sender import SenderOptions, WhatsAppActor
+from actors.whatsapp.transport import Transport
 from agent_runtime.backoff import DEFAULT_BACKOFF, Backoff
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
 from backend.port import Backend, Watch
 from messages import AgentsChanged, ChildFailed, Deregister, RequestSync, TimerFired
+from messages.whatsapp import LeaseHeld
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,16 @@ RESTART_TIMER = "restart"
 
 
 @dataclass(frozen=True)
+class WhatsAppOptions:
+    """What the LeaseActor and its sender need."""
+
+    account_id: str
+    lease_ttl_ms: int
+    sender: SenderOptions
+    transport: Transport
+
+
+@dataclass(frozen=True)
 class RuntimeOptions:
     """What the Runtime needs to know about its role and timing."""
 
@@ -56,6 +71,8 @@ class RuntimeOptions:
     worker_id: str
     worker_heartbeat_s: float
     worker_ttl_ms: int
+    whatsapp: WhatsAppOptions | None = None
+    """The lease and sender of one WhatsApp account, on the roles that send."""
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
     backoff: Backoff = DEFAULT_BACKOFF
     intensity: tuple[int, float] = (DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_S)
@@ -95,6 +112,7 @@ class Runtime(pykka.ThreadingActor):
         self.writer: pykka.ActorRef[HeartbeatWriter] | None = None
         self.sync: pykka.ActorRef[SyncActor] | None = None
         self.membership: pykka.ActorRef[Membership] | None = None
+        self.lease: pykka.ActorRef[LeaseActor] | None = None
 
     def on_start(self) -> None:
         threading.current_thread().name = "Runtime"
@@ -111,8 +129,12 @@ class Runtime(pykka.ThreadingActor):
 
     def _start_children(self) -> None:
         self._last_start_s = monotonic_s()
-        if self._dispatcher is None:
-            return
+        if self._dispatcher is not None:
+            self._start_agents(self._dispatcher)
+        if self._options.whatsapp is not None:
+            self._start_whatsapp(self._options.whatsapp)
+
+    def _start_agents(self, dispatcher: Dispatcher) -> None:
         self.writer = HeartbeatWriter.start(
             supervisor=self.actor_ref,
             backend=self._backend,
@@ -123,7 +145,7 @@ class Runtime(pykka.ThreadingActor):
             supervisor=self.actor_ref,
             backend=self._backend,
             scheduler=self._scheduler,
-            dispatcher=self._dispatcher,
+            dispatcher=dispatcher,
             heartbeat_writer=self.writer,
             status_board=self._board,
             worker_id=self._options.worker_id,
@@ -143,10 +165,37 @@ class Runtime(pykka.ThreadingActor):
             ttl_ms=self._options.worker_ttl_ms,
         )
 
+    def _start_whatsapp(self, options: WhatsAppOptions) -> None:
+        owner_id = f"{self._options.worker_id}/{self._instance_id}"  # unique per process
+
+        def start_sender(lease: pykka.ActorRef[Any], held: LeaseHeld) -> pykka.ActorRef[Any]:
+            return WhatsAppActor.start(
+                supervisor=lease,
+                backend=self._backend,
+                scheduler=self._scheduler,
+                status_board=self._board,
+                transport=options.transport,
+                account_id=options.account_id,
+                owner_id=owner_id,
+                held=held,
+                options=options.sender,
+            )
+
+        self.lease = LeaseActor.start(
+            supervisor=self.actor_ref,
+            backend=self._backend,
+            scheduler=self._scheduler,
+            status_board=self._board,
+            account_id=options.account_id,
+            owner_id=owner_id,
+            ttl_ms=options.lease_ttl_ms,
+            start_sender=start_sender,
+        )
+
     def _stop_children(self, deadline_s: float) -> None:
         """Stop the children in reverse start order, each within what is left until
         `deadline_s`; one that does not stop in time is abandoned (daemon threads)."""
-        for name in ("membership", "sync", "writer"):
+        for name in ("lease", "membership", "sync", "writer"):
             ref = getattr(self, name)
             setattr(self, name, None)
             if ref is None:

@@ -71,3 +71,45 @@ class WebhookRecorded(Message):
     messages: int
     statuses: int
     duplicates: int
+
+
+class LeaseHeld(Message):
+    """LeaseActor -> WhatsAppActor: the lease is held at `epoch` until `deadline_s`
+    (monotonic): the last successful renewal + TTL - margin. Past it, send nothing."""
+
+    epoch: int
+    deadline_s: float
+
+
+class SendStep(Message):
+    """WhatsAppActor -> itself: take the next step (a claim or a send) now."""
+
+
+class SenderFenced(Message):
+    """WhatsAppActor -> LeaseActor: the backend refused a claim or a mark as stale; the
+    sender stopped sending. The LeaseActor checks the lease at once."""
+
+    reason: str
+
+
+class LeaseStatus(Message):
+    """The LeaseActor's view, for /health."""
+
+    account_id: str
+    held: bool
+    owner_id: str | None
+    epoch: int | None
+    expires_at: int | None
+    last_renewed_at: int | None
+    last_error: str | None
+
+
+class WhatsAppStatus(Message):
+    """The WhatsAppActor's view, for /health."""
+
+    sending: bool
+    paused: bool
+    paused_until: int | None
+    sent: int
+    failed: int
+    last_error: str | None

@@ -21,7 +21,11 @@ LISTENING = re.compile(r"http=http://[^:]+:(\d+)")
 
 def base_env(db_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a test process: a private database, a free port, JSON logs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "LOG_", "APP_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AGENT_", "LOG_", "APP_", "WHATSAPP_", "WORKER_"))
+    }
     env.update(
         LOCAL_DB_PATH=str(db_path),
         PORT="0",
@@ -29,6 +33,7 @@ def base_env(db_path: Path, **extra: str) -> dict[str, str]:
         AGENT_SYNC_INTERVAL="60000",
         LOG_FORMAT="json",
         LOG_LEVEL="DEBUG",
+        ENABLE_WHATSAPP="false",  # role all: the agent tests run the agents only
     )
     env.update(extra)
     return env

@@ -24,6 +24,15 @@ VARIABLES = (
     "AGENT_SYNC_MODE",
     "CONVEX_CONNECT_TIMEOUT_MS",
     "CONVEX_READ_TIMEOUT_MS",
+    "ENABLE_WHATSAPP",
+    "WHATSAPP_ACCOUNT_ID",
+    "WHATSAPP_TRANSPORT",
+    "WHATSAPP_ACCESS_TOKEN",
+    "WHATSAPP_PHONE_NUMBER_ID",
+    "WHATSAPP_APP_SECRET",
+    "WHATSAPP_VERIFY_TOKEN",
+    "WHATSAPP_CLAIM_LOCK_MS",
+    "WHATSAPP_SEND_TIMEOUT_MS",
 )
 
 
@@ -69,9 +78,47 @@ def test_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cli_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AGENT_ROLE", "whatsapp")
+    monkeypatch.setenv("AGENT_ROLE", "whatsapp-egress")
     assert load_settings(AGENT_ROLE="core").role == "core"
-    assert load_settings(AGENT_ROLE=None).role == "whatsapp"
+    assert load_settings(AGENT_ROLE=None).role == "whatsapp-egress"
+
+
+@pytest.mark.parametrize(
+    ("role", "env", "missing"),
+    [
+        ("whatsapp", {}, "WHATSAPP_APP_SECRET is required for the webhook"),
+        ("whatsapp-ingress", {"WHATSAPP_APP_SECRET": "s"}, "WHATSAPP_VERIFY_TOKEN is required"),
+        ("whatsapp-egress", {"WHATSAPP_TRANSPORT": "cloud"}, "WHATSAPP_ACCESS_TOKEN is required"),
+        (
+            "whatsapp-egress",
+            {"WHATSAPP_TRANSPORT": "cloud", "WHATSAPP_ACCESS_TOKEN": "t"},
+            "WHATSAPP_PHONE_NUMBER_ID is required",
+        ),
+        ("whatsapp-egress", {"APP_ENV": "production"}, "WHATSAPP_TRANSPORT='console' is refused"),
+        (
+            "whatsapp-egress",
+            {"WHATSAPP_CLAIM_LOCK_MS": "5000", "WHATSAPP_SEND_TIMEOUT_MS": "5000"},
+            "expected more than WHATSAPP_SEND_TIMEOUT_MS",
+        ),
+    ],
+)
+def test_each_whatsapp_role_requires_its_settings(
+    monkeypatch: pytest.MonkeyPatch, role: str, env: dict[str, str], missing: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=missing):
+        load_settings(AGENT_ROLE=role)
+
+
+def test_whatsapp_secrets_are_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WHATSAPP_ACCESS_TOKEN", " ")
+    monkeypatch.setenv("WHATSAPP_APP_SECRET", "app-secret-xyz")
+    settings = load_settings(AGENT_ROLE="whatsapp", WHATSAPP_VERIFY_TOKEN="verify-xyz")
+    assert settings.sends_whatsapp
+    assert settings.receives_whatsapp
+    assert "app-secret-xyz" not in repr(settings)
+    assert "verify-xyz" not in repr(settings)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from agent_runtime.app.http import HttpServer, health
 from agent_runtime.clock import now_ms
 from agent_runtime.status import StatusBoard
 from messages import AgentRecord, HeartbeatStatus, MembershipStatus, RunningAgent, SyncStatus
+from messages.whatsapp import LeaseStatus, WhatsAppStatus
 
 RECORD = AgentRecord(
     id="a1", name="scout", session_key="k", heartbeat_interval_ms=5000, updated_at=1
@@ -19,7 +20,13 @@ RECORD = AgentRecord(
 
 
 def settings(role: str = "core") -> Settings:
-    return Settings(AGENT_ROLE=role, WORKER_ID="w1", LOCAL_DB_PATH=Path("x.db"))
+    return Settings(
+        AGENT_ROLE=role,
+        WORKER_ID="w1",
+        LOCAL_DB_PATH=Path("x.db"),
+        WHATSAPP_APP_SECRET="app-secret",
+        WHATSAPP_VERIFY_TOKEN="verify-token",
+    )
 
 
 def record(agent_id: str) -> AgentRecord:
@@ -157,8 +164,47 @@ def test_degraded_when_agents_cannot_be_kept_online(
     assert health(settings(), board, started_s=0.0)["status"] == "degraded"
 
 
+def test_whatsapp_sender_shows_its_lease_and_is_degraded_while_paused() -> None:
+    board = StatusBoard()
+    lease = LeaseStatus(
+        account_id="acct",
+        held=True,
+        owner_id="w1/abc",
+        epoch=3,
+        expires_at=10,
+        last_renewed_at=5,
+        last_error=None,
+    )
+    board.publish("lease", lease)
+    sending = WhatsAppStatus(
+        sending=True, paused=False, paused_until=None, sent=7, failed=1, last_error=None
+    )
+    board.publish("whatsapp", sending)
+    doc = health(settings("whatsapp-egress"), board, started_s=0.0)
+    assert doc["status"] == "ok"
+    assert doc["lease"] == {
+        "accountId": "acct",
+        "held": True,
+        "ownerId": "w1/abc",
+        "epoch": 3,
+        "expiresAt": 10,
+        "lastRenewedAt": 5,
+        "lastError": None,
+    }
+    assert doc["whatsapp"] == {
+        "sending": True,
+        "paused": False,
+        "sent": 7,
+        "failed": 1,
+        "lastError": None,
+    }
+    board.publish("whatsapp", sending.model_copy(update={"paused": True, "last_error": "190"}))
+    assert health(settings("whatsapp-egress"), board, started_s=0.0)["status"] == "degraded"
+    assert "app-secret" not in json.dumps(doc)
+
+
 def test_role_without_agents_is_ok_with_an_idle_summary() -> None:
-    doc = health(settings("whatsapp"), StatusBoard(), started_s=0.0)
+    doc = health(settings("whatsapp-ingress"), StatusBoard(), started_s=0.0)
     assert doc["status"] == "ok"
     assert doc["agentSync"] is None
     assert doc["agents"] == {"running": 0, "online": 0, "restarting": 0}

@@ -1,4 +1,5 @@
-"""The `agent-runtime` command: `run` the worker, or administer `agents`.
+"""The `agent-runtime` command: `run` the worker, `doctor`, administer `agents`, look at
+and use the `whatsapp` account (its lease, outbox and inbox; `send`).
 
 Exit status: 0 ok; 1 runtime failure (backend unreachable, agent not found, fatal
 crash); 2 bad arguments or configuration, with one line on stderr saying which value is
@@ -9,21 +10,24 @@ the command quietly.
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import NoReturn, get_args
 
 from agent_runtime import __version__
 from agent_runtime.app import doctor
 from agent_runtime.app.backends import open_backend
-from agent_runtime.app.config import load_settings
+from agent_runtime.app.config import Settings, load_settings
 from agent_runtime.app.roles import ROLE_NAMES
+from agent_runtime.clock import now_ms
 from agent_runtime.errors import BackendError, ConfigError, InvalidArgument
 from backend.port import Backend
 from messages import AgentRecord, parse_agent_rows
 from messages.agent import MAX_HEARTBEAT_INTERVAL_MS
 from messages.text import escape_controls, label_problem, shown
+from messages.whatsapp import MAX_TEXT_CHARS, PHONE_NUMBER_PATTERN, OutboundStatus
 
 DEFAULT_HEARTBEAT_INTERVAL_MS = 30_000
 
@@ -53,6 +57,24 @@ def label(text: str) -> str:
     problem = label_problem(non_empty(text))
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def phone_number(text: str) -> str:
+    """argparse type: an international number, 7 to 15 digits with an optional `+`."""
+    if not re.fullmatch(PHONE_NUMBER_PATTERN, text):
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not a phone number: expected 7 to 15 digits, such as +15551234567"
+        )
+    return text
+
+
+def message_text(text: str) -> str:
+    """argparse type: a WhatsApp text, 1 to 4096 characters."""
+    if not 0 < len(text) <= MAX_TEXT_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"a text of {len(text)} characters: expected 1 to {MAX_TEXT_CHARS}"
+        )
     return text
 
 
@@ -101,6 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--session-key", type=label, metavar="KEY")
     remove = actions.add_parser("remove", help="delete an agent")
     remove.add_argument("id", type=non_empty)
+
+    whatsapp = commands.add_parser(
+        "whatsapp", help="the lease, outbox and inbox of WHATSAPP_ACCOUNT_ID; send a message"
+    )
+    wa = whatsapp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lease = wa.add_parser("lease", help="who holds the sending lease: owner, epoch, expiry")
+    lease.add_argument("--json", action="store_true")
+    send = wa.add_parser("send", help="queue a text message; prints only its id")
+    send.add_argument("--to", type=phone_number, required=True, metavar="NUMBER")
+    send.add_argument("--text", type=message_text, required=True, metavar="TEXT")
+    outbox = wa.add_parser("outbox", help="outbound messages, oldest first")
+    outbox.add_argument("--status", choices=get_args(OutboundStatus))
+    outbox.add_argument("--json", action="store_true")
+    inbox = wa.add_parser("inbox", help="stored inbound messages, oldest first")
+    inbox.add_argument("--json", action="store_true")
     return parser
 
 
@@ -140,9 +177,16 @@ def _command(argv: Sequence[str] | None) -> int:
             "agents update: give at least one of --name, --heartbeat-interval, --session-key"
         )
 
+    return _administer(args, settings)
+
+
+def _administer(args: argparse.Namespace, settings: Settings) -> int:
+    """An `agents` or `whatsapp` command on the backend the settings name."""
     try:
         backend = open_backend(settings)
         try:
+            if args.command == "whatsapp":
+                return _whatsapp(args, backend, settings.whatsapp_account_id)
             return _agents(args, backend)
         finally:
             backend.close()
@@ -181,17 +225,64 @@ def _agents(args: argparse.Namespace, backend: Backend) -> int:
     return EXIT_OK
 
 
+def _whatsapp(args: argparse.Namespace, backend: Backend, account_id: str) -> int:
+    if args.action == "send":
+        print(backend.enqueue_outbound(account_id, args.to, args.text))
+        return EXIT_OK
+    if args.action == "lease":
+        lease = backend.get_lease(account_id)
+        row = lease.model_dump(by_alias=True, exclude={"held"}) if lease is not None else None
+        if args.json:
+            print(json.dumps(row))
+        elif row is None:
+            print(f"no lease for {account_id} yet")
+        else:
+            live = "live" if row["expiresAt"] > now_ms() else "expired"
+            print(
+                f"{account_id}: owner {row['ownerId']}, epoch {row['epoch']},"
+                f" expires {_time(row['expiresAt'])} ({live})"
+            )
+        return EXIT_OK
+    columns: tuple[str, ...]
+    if args.action == "outbox":
+        rows = backend.list_outbox(account_id, args.status)
+        columns = ("id", "to", "status", "attempts", "wamid", "lastError")
+    else:
+        rows = backend.list_inbox(account_id)
+        columns = ("providerId", "from", "receivedAt", "text")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_rows(columns, [[_cell(row[c]) for c in columns] for row in rows])
+    return EXIT_OK
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else escape_controls(str(value))
+
+
+def _time(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    table = [[h.upper() for h in header], *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
 def _print_table(agents: Sequence[AgentRecord]) -> None:
-    rows = [("ID", "NAME", "STATUS", "INTERVAL_MS", "LAST_HEARTBEAT", "SESSION_KEY")]
-    for a in agents:
-        last = (
-            datetime.fromtimestamp(a.last_heartbeat_at / 1000, tz=UTC).isoformat(timespec="seconds")
-            if a.last_heartbeat_at is not None
-            else "-"
-        )
-        rows.append((a.id, a.name, a.status, str(a.heartbeat_interval_ms), last, a.session_key))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    header = ("id", "name", "status", "interval_ms", "last_heartbeat", "session_key")
+    rows = [
+        [
+            a.id,
+            a.name,
+            a.status,
+            str(a.heartbeat_interval_ms),
+            _time(a.last_heartbeat_at) if a.last_heartbeat_at is not None else "-",
+            a.session_key,
+        ]
+        for a in agents
+    ]
+    _print_rows(header, rows)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from agent_runtime.app.roles import ROLE_NAMES, Role
+from agent_runtime.app.roles import ROLE_NAMES, ROLES, Role
 from agent_runtime.errors import ConfigError
 from messages.text import LABEL_RULE, Label, shown
 
@@ -28,6 +28,15 @@ DEFAULT_WORKER_HEARTBEAT_MS = 5_000
 MIN_WORKER_HEARTBEAT_MS = 500
 DEFAULT_WORKER_TTL_MS = 15_000
 MAX_WORKER_TTL_MS = 600_000
+DEFAULT_WHATSAPP_GRAPH_URL = "https://graph.facebook.com"
+DEFAULT_WHATSAPP_API_VERSION = "v23.0"
+DEFAULT_WHATSAPP_LEASE_TTL_MS = 15_000
+MIN_WHATSAPP_LEASE_TTL_MS = 5_000
+DEFAULT_WHATSAPP_CLAIM_LOCK_MS = 60_000
+DEFAULT_WHATSAPP_SEND_TIMEOUT_MS = 10_000
+DEFAULT_WHATSAPP_MAX_ATTEMPTS = 5
+DEFAULT_WHATSAPP_PAUSE_RETRY_MS = 300_000
+DEFAULT_WHATSAPP_MAX_MPS = 80
 WORKER_TTL_HEARTBEATS = 3
 """A registration must outlive this many renewals, so one late renewal is not a death."""
 
@@ -149,6 +158,90 @@ class Settings(BaseSettings):
             description="poll or subscribe (subscribe needs CONVEX_URL)",
         ),
     ] = "poll"
+    enable_whatsapp: Annotated[
+        bool, Field(alias="ENABLE_WHATSAPP", description="true or false (role all only)")
+    ] = True
+    whatsapp_account_id: Annotated[
+        Label, Field(alias="WHATSAPP_ACCOUNT_ID", description=f"an account name of {LABEL_RULE}")
+    ] = "default"
+    whatsapp_transport: Annotated[
+        Literal["cloud", "console"],
+        Field(alias="WHATSAPP_TRANSPORT", description="cloud or console"),
+    ] = "console"
+    whatsapp_graph_url: Annotated[
+        str,
+        Field(
+            alias="WHATSAPP_GRAPH_URL",
+            pattern=r"^https?://[A-Za-z0-9.:\[\]-]+/?$",
+            description="an origin such as https://graph.facebook.com",
+        ),
+    ] = DEFAULT_WHATSAPP_GRAPH_URL
+    whatsapp_api_version: Annotated[
+        str,
+        Field(alias="WHATSAPP_API_VERSION", pattern=r"^v\d+\.\d+$", description="such as v23.0"),
+    ] = DEFAULT_WHATSAPP_API_VERSION
+    whatsapp_phone_number_id: Annotated[
+        str | None,
+        Field(alias="WHATSAPP_PHONE_NUMBER_ID", pattern=r"^\d+$", description="digits"),
+    ] = None
+    whatsapp_access_token: Annotated[
+        SecretStr | None,
+        Field(alias="WHATSAPP_ACCESS_TOKEN", min_length=1, description="a Graph API token"),
+    ] = None
+    whatsapp_app_secret: Annotated[
+        SecretStr | None,
+        Field(alias="WHATSAPP_APP_SECRET", min_length=1, description="the Meta app secret"),
+    ] = None
+    whatsapp_verify_token: Annotated[
+        SecretStr | None,
+        Field(alias="WHATSAPP_VERIFY_TOKEN", min_length=1, description="the webhook verify token"),
+    ] = None
+    whatsapp_lease_ttl_ms: Annotated[
+        int,
+        Field(
+            alias="WHATSAPP_LEASE_TTL_MS",
+            ge=MIN_WHATSAPP_LEASE_TTL_MS,
+            le=600_000,
+            description=f"whole milliseconds from {MIN_WHATSAPP_LEASE_TTL_MS} to 600000",
+        ),
+    ] = DEFAULT_WHATSAPP_LEASE_TTL_MS
+    whatsapp_claim_lock_ms: Annotated[
+        int,
+        Field(
+            alias="WHATSAPP_CLAIM_LOCK_MS",
+            ge=1000,
+            le=600_000,
+            description="whole milliseconds from 1000 to 600000, above WHATSAPP_SEND_TIMEOUT_MS",
+        ),
+    ] = DEFAULT_WHATSAPP_CLAIM_LOCK_MS
+    whatsapp_send_timeout_ms: Annotated[
+        int,
+        Field(
+            alias="WHATSAPP_SEND_TIMEOUT_MS",
+            ge=100,
+            le=120_000,
+            description="whole milliseconds from 100 to 120000",
+        ),
+    ] = DEFAULT_WHATSAPP_SEND_TIMEOUT_MS
+    whatsapp_max_attempts: Annotated[
+        int,
+        Field(alias="WHATSAPP_MAX_ATTEMPTS", ge=1, le=100, description="from 1 to 100"),
+    ] = DEFAULT_WHATSAPP_MAX_ATTEMPTS
+    whatsapp_pause_retry_ms: Annotated[
+        int,
+        Field(
+            alias="WHATSAPP_PAUSE_RETRY_MS",
+            ge=1000,
+            le=86_400_000,
+            description="whole milliseconds from 1000 to 86400000",
+        ),
+    ] = DEFAULT_WHATSAPP_PAUSE_RETRY_MS
+    whatsapp_max_mps: Annotated[
+        int,
+        Field(
+            alias="WHATSAPP_MAX_MPS", ge=1, le=1000, description="messages per second, 1 to 1000"
+        ),
+    ] = DEFAULT_WHATSAPP_MAX_MPS
     agent_debug: Annotated[
         frozenset[str],
         NoDecode,
@@ -162,6 +255,12 @@ class Settings(BaseSettings):
         "convex_read_timeout_ms",
         "worker_heartbeat_ms",
         "worker_ttl_ms",
+        "whatsapp_lease_ttl_ms",
+        "whatsapp_claim_lock_ms",
+        "whatsapp_send_timeout_ms",
+        "whatsapp_max_attempts",
+        "whatsapp_pause_retry_ms",
+        "whatsapp_max_mps",
         mode="before",
     )
     @classmethod
@@ -176,7 +275,9 @@ class Settings(BaseSettings):
     def _upper_case(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", "app_env", "role", "agent_sync_mode", mode="before")
+    @field_validator(
+        "log_format", "app_env", "role", "agent_sync_mode", "whatsapp_transport", mode="before"
+    )
     @classmethod
     def _lower_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -188,7 +289,15 @@ class Settings(BaseSettings):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("convex_url", "agent_secret", mode="before")
+    @field_validator(
+        "convex_url",
+        "agent_secret",
+        "whatsapp_phone_number_id",
+        "whatsapp_access_token",
+        "whatsapp_app_secret",
+        "whatsapp_verify_token",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -223,12 +332,51 @@ class Settings(BaseSettings):
                 f" {WORKER_TTL_HEARTBEATS} x WORKER_HEARTBEAT_MS"
                 f" = {WORKER_TTL_HEARTBEATS * self.worker_heartbeat_ms}"
             )
+        self._whatsapp_shape()
         if self.agent_sync_mode == "subscribe" and self.convex_url is None:
             raise ValueError(
                 "AGENT_SYNC_MODE='subscribe' needs CONVEX_URL: expected poll with the"
                 " embedded backend (its change counter is polled locally)"
             )
         return self
+
+    def _whatsapp_shape(self) -> None:
+        if self.sends_whatsapp:
+            if self.whatsapp_claim_lock_ms <= self.whatsapp_send_timeout_ms:
+                raise ValueError(
+                    f"WHATSAPP_CLAIM_LOCK_MS='{self.whatsapp_claim_lock_ms}' is invalid:"
+                    " expected more than WHATSAPP_SEND_TIMEOUT_MS"
+                    f" ({self.whatsapp_send_timeout_ms}), or a slow send could be claimed twice"
+                )
+            if self.whatsapp_transport == "console" and self.app_env == "production":
+                raise ValueError(
+                    "WHATSAPP_TRANSPORT='console' is refused when APP_ENV='production':"
+                    " expected cloud (console sends nothing)"
+                )
+            if self.whatsapp_transport == "cloud":
+                _require(self, "whatsapp_access_token", "WHATSAPP_ACCESS_TOKEN", "sending")
+                _require(self, "whatsapp_phone_number_id", "WHATSAPP_PHONE_NUMBER_ID", "sending")
+        if ROLES[self.role].whatsapp_ingress and self.role != "all":
+            _require(self, "whatsapp_app_secret", "WHATSAPP_APP_SECRET", "the webhook")
+            _require(self, "whatsapp_verify_token", "WHATSAPP_VERIFY_TOKEN", "the webhook")
+
+    @property
+    def sends_whatsapp(self) -> bool:
+        """Whether this process runs the lease and the sender of WHATSAPP_ACCOUNT_ID."""
+        spec = ROLES[self.role]
+        return spec.whatsapp_sender and (self.role != "all" or self.enable_whatsapp)
+
+    @property
+    def receives_whatsapp(self) -> bool:
+        """Whether this process serves the webhook: its roles always (their settings are
+        required); role all when ENABLE_WHATSAPP and both webhook secrets are set."""
+        spec = ROLES[self.role]
+        if not spec.whatsapp_ingress:
+            return False
+        if self.role != "all":
+            return True
+        configured = self.whatsapp_app_secret is not None and self.whatsapp_verify_token is not None
+        return self.enable_whatsapp and configured
 
     @property
     def subscribes(self) -> bool:
@@ -240,6 +388,10 @@ class Settings(BaseSettings):
         return self.agent_sync_mode == "subscribe"
 
 
+SECRET_VARIABLES = frozenset(
+    {"AGENT_SECRET", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN"}
+)
+
 _ROLE_ALL_IN_PRODUCTION = (
     f"AGENT_ROLE='all' is refused when APP_ENV='production': expected one of "
     f"{', '.join(r for r in ROLE_NAMES if r != 'all')} (run one role per process)"
@@ -248,6 +400,14 @@ _CONVEX_NEEDS_KEY = (
     "AGENT_SECRET is required when CONVEX_URL is set: expected the same value as the"
     " deployment's AGENT_SECRET (npx convex env set AGENT_SECRET ... --prod)"
 )
+
+
+def _require(settings: Settings, field: str, variable: str, purpose: str) -> None:
+    if getattr(settings, field) is None:
+        raise ValueError(
+            f"{variable} is required for {purpose} with AGENT_ROLE='{settings.role}'"
+            f" (WHATSAPP_TRANSPORT='{settings.whatsapp_transport}')"
+        )
 
 
 def _explain(error: ValidationError) -> str:
@@ -260,8 +420,8 @@ def _explain(error: ValidationError) -> str:
         if info is None:  # a model-level check: the message is already for a person
             lines.append(str(item["ctx"]["error"]) if "ctx" in item else item["msg"])
             continue
-        if info.alias == "AGENT_SECRET":  # never echo a secret, even a bad one
-            lines.append(f"AGENT_SECRET is invalid: expected {info.description}")
+        if info.alias in SECRET_VARIABLES:  # never echo a secret, even a bad one
+            lines.append(f"{info.alias} is invalid: expected {info.description}")
             continue
         # Show the value as the operator wrote it, not as a validator normalised it; cut
         # and escaped, so a pasted file or a stray escape code still makes one short line.

@@ -19,12 +19,15 @@ from starlette.routing import BaseRoute, Route
 from actors.agents.heartbeat_writer import STATUS_NAME as HEARTBEATS
 from actors.agents.membership import STATUS_NAME as MEMBERSHIP
 from actors.agents.sync import STATUS_NAME as AGENT_SYNC
+from actors.whatsapp.lease import STATUS_NAME as LEASE
+from actors.whatsapp.sender import STATUS_NAME as SENDER
 from agent_runtime.app.config import Settings
 from agent_runtime.app.roles import ROLES
 from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.status import StatusBoard
 from messages import HeartbeatStatus, MembershipStatus, RunningAgent, SyncStatus
 from messages.agent import PRESENCE_TTL_INTERVALS
+from messages.whatsapp import LeaseStatus, WhatsAppStatus
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,11 @@ T = TypeVar("T")
 
 NO_HEARTBEATS = HeartbeatStatus(
     last_written_at={}, last_flush_at=None, last_error=None, pending=0, pending_offline=0, online=0
+)
+
+
+NO_SENDER = WhatsAppStatus(
+    sending=False, paused=False, paused_until=None, sent=0, failed=0, last_error=None
 )
 
 
@@ -71,6 +79,8 @@ def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str
     sync = _snapshot(board, AGENT_SYNC, SyncStatus)
     beats = _snapshot(board, HEARTBEATS, HeartbeatStatus) or NO_HEARTBEATS
     member = _snapshot(board, MEMBERSHIP, MembershipStatus)
+    lease = _snapshot(board, LEASE, LeaseStatus)
+    sender = _snapshot(board, SENDER, WhatsAppStatus)
     owned = len(sync.agents) if sync is not None else 0
     restarting = sync.restarting if sync is not None else 0
     problems = [
@@ -79,9 +89,13 @@ def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str
         beats.last_error is not None,
         member is None or not member.registered or member.last_error is not None,
     ]
+    agent_problem = ROLES[settings.role].agents and any(problems)
+    whatsapp_problem = settings.sends_whatsapp and (
+        lease is None or lease.last_error is not None or (sender is not None and sender.paused)
+    )
     restarts = board.restarts()
-    return {
-        "status": "degraded" if ROLES[settings.role].agents and any(problems) else "ok",
+    document: dict[str, Any] = {
+        "status": "degraded" if agent_problem or whatsapp_problem else "ok",
         "role": settings.role,
         "workerId": settings.worker_id,
         "uptimeS": round(monotonic_s() - started_s, 3),
@@ -105,6 +119,12 @@ def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str
             "lastError": member.last_error if member is not None else None,
         },
     }
+    if settings.sends_whatsapp:
+        document["lease"] = lease.model_dump(by_alias=True) if lease is not None else None
+        document["whatsapp"] = (sender or NO_SENDER).model_dump(
+            by_alias=True, exclude={"paused_until"}
+        )
+    return document
 
 
 def build_app(

@@ -6,18 +6,23 @@ import signal
 
 import pykka
 import pykka.debug
+from starlette.routing import BaseRoute
 
 from actors.agents.heartbeat_writer import STATUS_NAME as HEARTBEATS
-from actors.runtime import Runtime, RuntimeOptions
+from actors.runtime import Runtime, RuntimeOptions, WhatsAppOptions
+from actors.whatsapp.sender import SenderOptions
+from actors.whatsapp.transport import CloudTransport, ConsoleTransport, Transport
 from agent_runtime import __version__, logs
 from agent_runtime.app.backends import open_backend
 from agent_runtime.app.config import Settings
 from agent_runtime.app.http import HttpServer
 from agent_runtime.app.roles import ROLES
 from agent_runtime.app.signals import STOP
+from agent_runtime.app.webhooks import webhook_routes
 from agent_runtime.clock import monotonic_s
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
+from backend.port import Backend
 from messages import HeartbeatStatus
 
 logger = logging.getLogger(__name__)
@@ -59,12 +64,13 @@ def run(settings: Settings) -> int:
         return EXIT_FATAL
     board = StatusBoard()
     try:
-        http = HttpServer(settings, board, started_s)
+        http = HttpServer(settings, board, started_s, _routes(settings, backend))
     except OSError as error:
         logger.critical("cannot listen on %s:%d: %s", settings.host, settings.port, error)
         backend.close()
         return EXIT_FATAL
     http.start()
+    whatsapp = _whatsapp(settings)
     runtime = Runtime.start(
         options=RuntimeOptions(
             runs_agents=ROLES[settings.role].agents,
@@ -72,6 +78,7 @@ def run(settings: Settings) -> int:
             worker_id=settings.worker_id,
             worker_heartbeat_s=settings.worker_heartbeat_ms / 1000,
             worker_ttl_ms=settings.worker_ttl_ms,
+            whatsapp=whatsapp,
             stop_timeout_s=ACTORS_STOP_TIMEOUT_S,
         ),
         backend=backend,
@@ -101,9 +108,53 @@ def run(settings: Settings) -> int:
     if unwritten:
         logger.error("stopping before the backend took %s; presence expires on its own", unwritten)
     http.stop(max(0.1, deadline_s - monotonic_s()))
+    if whatsapp is not None:
+        whatsapp.transport.close()
     backend.close(timeout_s=max(0.0, deadline_s - monotonic_s()))
     logger.info("stopped in %.2f s", monotonic_s() - shutdown_started_s)
     return exit_code
+
+
+def _whatsapp(settings: Settings) -> WhatsAppOptions | None:
+    """The lease and sender options, on the roles that send (settings checked them)."""
+    if not settings.sends_whatsapp:
+        return None
+    transport: Transport = ConsoleTransport()
+    if settings.whatsapp_transport == "cloud":
+        assert settings.whatsapp_access_token is not None
+        assert settings.whatsapp_phone_number_id is not None
+        transport = CloudTransport(
+            settings.whatsapp_graph_url,
+            settings.whatsapp_api_version,
+            settings.whatsapp_phone_number_id,
+            settings.whatsapp_access_token,
+            timeout_s=settings.whatsapp_send_timeout_ms / 1000,
+        )
+    return WhatsAppOptions(
+        account_id=settings.whatsapp_account_id,
+        lease_ttl_ms=settings.whatsapp_lease_ttl_ms,
+        sender=SenderOptions(
+            claim_lock_ms=settings.whatsapp_claim_lock_ms,
+            max_attempts=settings.whatsapp_max_attempts,
+            pause_retry_s=settings.whatsapp_pause_retry_ms / 1000,
+            max_mps=settings.whatsapp_max_mps,
+        ),
+        transport=transport,
+    )
+
+
+def _routes(settings: Settings, backend: Backend) -> list[BaseRoute]:
+    """The webhook, on the roles that receive it (settings checked its secrets)."""
+    if not settings.receives_whatsapp:
+        return []
+    assert settings.whatsapp_app_secret is not None
+    assert settings.whatsapp_verify_token is not None
+    return webhook_routes(
+        settings.whatsapp_account_id,
+        settings.whatsapp_app_secret,
+        settings.whatsapp_verify_token,
+        backend,
+    )
 
 
 def _unwritten(board: StatusBoard) -> str | None:

@@ -14,14 +14,43 @@ class RoleSpec:
 
     agents: bool
     """Worker membership, the SyncActor with its AgentActors, and the HeartbeatWriter."""
+    whatsapp_sender: bool
+    """The LeaseActor of WHATSAPP_ACCOUNT_ID and, while it holds the lease, the sender."""
+    whatsapp_ingress: bool
+    """The webhook at /webhooks/whatsapp (not lease-gated: any number of workers)."""
     summary: str
     """One line for `doctor` and the docs."""
 
 
 ROLES: dict[Role, RoleSpec] = {
-    "core": RoleSpec(agents=True, summary="agents: membership, sync, heartbeats"),
-    "all": RoleSpec(agents=True, summary="core and whatsapp in one process (development)"),
-    "whatsapp": RoleSpec(agents=False, summary="only the HTTP server so far"),
-    "whatsapp-ingress": RoleSpec(agents=False, summary="only the HTTP server so far"),
-    "whatsapp-egress": RoleSpec(agents=False, summary="only the HTTP server so far"),
+    "core": RoleSpec(
+        agents=True,
+        whatsapp_sender=False,
+        whatsapp_ingress=False,
+        summary="agents: membership, sync, heartbeats",
+    ),
+    "all": RoleSpec(
+        agents=True,
+        whatsapp_sender=True,
+        whatsapp_ingress=True,
+        summary="core and whatsapp in one process (development; ENABLE_WHATSAPP=false: core)",
+    ),
+    "whatsapp": RoleSpec(
+        agents=False,
+        whatsapp_sender=True,
+        whatsapp_ingress=True,
+        summary="the WhatsApp lease, sender and webhook of WHATSAPP_ACCOUNT_ID",
+    ),
+    "whatsapp-ingress": RoleSpec(
+        agents=False,
+        whatsapp_sender=False,
+        whatsapp_ingress=True,
+        summary="the WhatsApp webhook only",
+    ),
+    "whatsapp-egress": RoleSpec(
+        agents=False,
+        whatsapp_sender=True,
+        whatsapp_ingress=False,
+        summary="the WhatsApp lease and sender only",
+    ),
 }

@@ -1,0 +1,247 @@
+"""LeaseActor and WhatsAppActor as actors, on a real SQLite backend and a scripted
+transport: one sender per account, renewals that survive a failure, a local deadline that
+fences a stuck owner, classified outcomes, the rate limit."""
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+
+from actors.scheduler import Scheduler
+from actors.whatsapp.lease import LeaseActor
+from actors.whatsapp.sender import SenderOptions, WhatsAppActor
+from actors.whatsapp.transport import SendResult
+from agent_runtime.clock import monotonic_s
+from agent_runtime.errors import BackendUnavailable
+from agent_runtime.status import StatusBoard
+from backend.local import LocalBackend
+from messages.whatsapp import LeaseHeld, LeaseStatus, WhatsAppStatus
+from tests.conftest import stays_false, wait_for
+
+ACCOUNT = "acct"
+OPTIONS = SenderOptions(claim_lock_ms=60_000, max_attempts=3, pause_retry_s=0.5, max_mps=1000)
+
+
+class ScriptedTransport:
+    """Records every send (time, to, text); answers with `answer(to, text)`."""
+
+    def __init__(self, answer: Callable[[str, str], SendResult] | None = None) -> None:
+        self.sends: list[tuple[float, str, str]] = []
+        self._lock = threading.Lock()
+        self._answer = answer or (lambda to, text: SendResult.sent(f"wamid.{text}"))
+
+    def send_text(self, to: str, text: str) -> SendResult:
+        with self._lock:
+            self.sends.append((monotonic_s(), to, text))
+        return self._answer(to, text)
+
+    def texts(self) -> list[str]:
+        with self._lock:
+            return [text for _, _, text in self.sends]
+
+    def close(self) -> None:
+        pass
+
+
+class Worker:
+    """One process's WhatsApp actors: a LeaseActor for `owner` and its sender."""
+
+    def __init__(
+        self,
+        backend: Any,
+        scheduler: Scheduler,
+        owner: str,
+        transport: ScriptedTransport,
+        *,
+        ttl_ms: int = 6000,
+        options: SenderOptions = OPTIONS,
+    ) -> None:
+        self.board = StatusBoard()
+        self.transport = transport
+
+        def start_sender(lease: pykka.ActorRef[Any], held: LeaseHeld) -> pykka.ActorRef[Any]:
+            return WhatsAppActor.start(
+                supervisor=lease,
+                backend=backend,
+                scheduler=scheduler,
+                status_board=self.board,
+                transport=transport,
+                account_id=ACCOUNT,
+                owner_id=owner,
+                held=held,
+                options=options,
+            )
+
+        self.lease = LeaseActor.start(
+            supervisor=None,
+            backend=backend,
+            scheduler=scheduler,
+            status_board=self.board,
+            account_id=ACCOUNT,
+            owner_id=owner,
+            ttl_ms=ttl_ms,
+            start_sender=start_sender,
+        )
+
+    def holds(self) -> bool:
+        status = self.board.get("lease")
+        return isinstance(status, LeaseStatus) and status.held
+
+    def sender_status(self) -> WhatsAppStatus | None:
+        status = self.board.get("whatsapp")
+        return status if isinstance(status, WhatsAppStatus) else None
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[LocalBackend]:
+    backend = LocalBackend(tmp_path / "wa.db")
+    yield backend
+    backend.close()
+
+
+def queue(backend: LocalBackend, count: int, to: str = "15550001") -> list[str]:
+    return [backend.enqueue_outbound(ACCOUNT, to, f"m{i}") for i in range(count)]
+
+
+def statuses(backend: LocalBackend) -> dict[str, str]:
+    return {row["text"]: row["status"] for row in backend.list_outbox(ACCOUNT)}
+
+
+def test_one_of_two_workers_sends_every_message_once(
+    db: LocalBackend, scheduler: Scheduler, tmp_path: Path
+) -> None:
+    queue(db, 50)
+    a = Worker(db, scheduler, "A", ScriptedTransport())
+    wait_for(a.holds, what="A holds the lease")
+    other = LocalBackend(tmp_path / "wa.db")  # another process's connection
+    b = Worker(other, scheduler, "B", ScriptedTransport())
+    wait_for(lambda: set(statuses(db).values()) == {"sent"}, what="all 50 sent")
+    assert sorted(a.transport.texts()) == sorted(f"m{i}" for i in range(50))
+    assert stays_false(b.holds, 0.5)
+    assert b.transport.texts() == []
+    a.lease.stop()  # graceful: the sender drains, the lease is released
+    wait_for(b.holds, timeout_s=4, what="B takes over after the release")
+    queue(db, 5)
+    wait_for(lambda: len(b.transport.texts()) == 5, what="B sends the next messages")
+    b.lease.stop()
+    other.close()
+
+
+class Flaky:
+    """A backend whose lease calls fail while `failing` is set, or hang while `hang`."""
+
+    def __init__(self, backend: LocalBackend) -> None:
+        self._backend = backend
+        self.failing = threading.Event()
+        self.hang = threading.Event()
+        self.release_hang = threading.Event()
+
+    def acquire_lease(self, *args: Any) -> Any:
+        if self.hang.is_set():
+            self.release_hang.wait(30)
+        if self.failing.is_set():
+            raise BackendUnavailable("backend down (test)")
+        return self._backend.acquire_lease(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+def test_a_failed_renewal_is_retried_not_taken_as_a_lost_lease(
+    db: LocalBackend, scheduler: Scheduler
+) -> None:
+    flaky = Flaky(db)
+    a = Worker(flaky, scheduler, "A", ScriptedTransport(), ttl_ms=6000)
+    wait_for(a.holds, what="A holds the lease")
+    flaky.failing.set()  # renewals fail for ~2 s, less than 2/3 of the 6 s TTL
+    wait_for(
+        lambda: (a.board.get("lease") or LeaseStatus.model_construct()).last_error, what="a failure"
+    )  # type: ignore[union-attr]
+    assert a.holds()
+    flaky.failing.clear()
+    wait_for(lambda: a.board.get("lease").last_error is None, timeout_s=5, what="renewed again")  # type: ignore[union-attr]
+    assert a.holds()
+    queue(db, 3)
+    wait_for(lambda: len(a.transport.texts()) == 3, what="still sending")
+    flaky.failing.set()  # now for good: given up after 2/3 of the TTL (4 s)
+    wait_for(lambda: not a.holds(), timeout_s=8, what="the lease given up")
+    a.lease.stop()
+
+
+def test_a_stuck_owner_sends_nothing_past_its_local_deadline(
+    db: LocalBackend, scheduler: Scheduler, tmp_path: Path
+) -> None:
+    unblock = threading.Event()
+
+    def slow(to: str, text: str) -> SendResult:
+        unblock.wait(0.25)  # a slow Graph API: a claimed batch takes 2.5 s to send
+        return SendResult.sent(f"wamid.{text}")
+
+    flaky = Flaky(db)
+    short_locks = SenderOptions(claim_lock_ms=3000, max_attempts=3, pause_retry_s=1, max_mps=1000)
+    a = Worker(flaky, scheduler, "A", ScriptedTransport(slow), ttl_ms=5000, options=short_locks)
+    wait_for(a.holds, what="A holds the lease")
+    queue(db, 60)
+    flaky.hang.set()  # A's LeaseActor hangs in its next renewal, as if paused
+    other = LocalBackend(tmp_path / "wa.db")
+    b = Worker(other, scheduler, "B", ScriptedTransport(), ttl_ms=5000, options=short_locks)
+    wait_for(b.holds, timeout_s=12, what="B takes over after A's lease expired")
+    taken_s = monotonic_s()
+    wait_for(lambda: set(statuses(db).values()) == {"sent"}, timeout_s=15, what="all sent")
+    # A's sender kept running (only its LeaseActor is stuck) with claimed messages in
+    # hand, but sent nothing past its local deadline, which comes before the expiry.
+    assert a.transport.sends
+    assert all(at < taken_s for at, _, _ in a.transport.sends)
+    assert len(a.transport.texts()) + len(b.transport.texts()) == 60  # each exactly once
+    flaky.release_hang.set()
+    b.lease.stop()
+    a.lease.stop()
+    other.close()
+
+
+def test_outcomes_retry_pace_fail_and_pause(db: LocalBackend, scheduler: Scheduler) -> None:
+    calls: dict[str, int] = {}
+
+    def answer(to: str, text: str) -> SendResult:
+        calls[text] = calls.get(text, 0) + 1
+        if text == "bad-number":
+            return SendResult.permanent("131026: undeliverable")
+        if text == "slow-contact" and calls[text] == 1:
+            return SendResult.retry("131056: pair rate limit", 0.3, per_recipient=True)
+        if text == "token" and calls[text] == 1:
+            return SendResult.pause("190: access token expired")
+        return SendResult.sent(f"wamid.{text}")
+
+    db.enqueue_outbound(ACCOUNT, "15550001", "bad-number")
+    db.enqueue_outbound(ACCOUNT, "15550002", "slow-contact")
+    db.enqueue_outbound(ACCOUNT, "15550003", "fine")
+    a = Worker(db, scheduler, "A", ScriptedTransport(answer))
+    wait_for(
+        lambda: statuses(db) == {"bad-number": "failed", "slow-contact": "sent", "fine": "sent"},
+        what="each outcome applied",
+    )
+    failed = next(r for r in db.list_outbox(ACCOUNT) if r["text"] == "bad-number")
+    assert (failed["attempts"], failed["lastError"]) == (1, "131026: undeliverable")
+    db.enqueue_outbound(ACCOUNT, "15550004", "token")
+    wait_for(
+        lambda: (a.sender_status() or WhatsAppStatus.model_construct(paused=False)).paused,
+        what="paused",
+    )
+    assert statuses(db)["token"] == "queued"  # given back, no attempt counted
+    wait_for(lambda: statuses(db)["token"] == "sent", timeout_s=5, what="sent after the pause")
+    token = next(r for r in db.list_outbox(ACCOUNT) if r["text"] == "token")
+    assert token["attempts"] == 0
+    a.lease.stop()
+
+
+def test_sends_are_spaced_by_the_rate_limit(db: LocalBackend, scheduler: Scheduler) -> None:
+    queue(db, 12)
+    limited = SenderOptions(claim_lock_ms=60_000, max_attempts=3, pause_retry_s=1, max_mps=20)
+    a = Worker(db, scheduler, "A", ScriptedTransport(), options=limited)
+    wait_for(lambda: len(a.transport.texts()) == 12, what="all sent")
+    times = [at for at, _, _ in a.transport.sends]
+    assert (times[-1] - times[0]) / (len(times) - 1) >= 1 / 20 * 0.9
+    a.lease.stop()
