@@ -12,8 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Role all: the agents, and WhatsApp with the console transport (it logs each message
+# instead of calling Meta) and development webhook secrets, so the whole flow runs offline.
+# Variables already set in the environment win.
+DEV_WHATSAPP := WHATSAPP_TRANSPORT=$${WHATSAPP_TRANSPORT:-console} \
+	WHATSAPP_APP_SECRET=$${WHATSAPP_APP_SECRET:-dev-app-secret} \
+	WHATSAPP_VERIFY_TOKEN=$${WHATSAPP_VERIFY_TOKEN:-dev-verify-token}
+
 run: $(STAMP)
-	$(BIN)/agent-runtime run
+	$(DEV_WHATSAPP) $(BIN)/agent-runtime run
 
 test: lint typecheck convex-test pytest
 

@@ -28,3 +28,12 @@ SYNC_FAILURES = Counter("agent_runtime_sync_failures", "Agent syncs that failed"
 RESTARTS = Counter(
     "agent_runtime_restarts", "Actor restarts by the supervisor", labelnames=("actor",)
 )
+WHATSAPP_SENDS = Counter(
+    "agent_runtime_whatsapp_sends",
+    "WhatsApp send attempts by outcome (sent, retry, permanent, pause)",
+    labelnames=("outcome",),
+)
+WHATSAPP_UNCERTAIN_SENDS = Counter(
+    "agent_runtime_whatsapp_uncertain_sends",
+    "Sends that Meta may have accepted without the backend recording them (possible duplicates)",
+)

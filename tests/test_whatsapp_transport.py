@@ -229,6 +229,7 @@ def test_a_slow_api_is_retried_once_the_timeout_passes(graph: FakeGraph) -> None
     elapsed_s = monotonic_s() - started
     assert result.kind == "retry"
     assert "no answer in 0.3 s" in result.reason
+    assert result.may_have_sent  # the request went out: a retry may duplicate it
     assert 0.3 <= elapsed_s < 1.5
 
 
@@ -243,6 +244,7 @@ def test_an_unreachable_api_is_retried() -> None:
         unreachable.close()
     assert result.kind == "retry"
     assert result.reason.startswith("transport error: cannot connect")
+    assert not result.may_have_sent  # never sent: a retry cannot duplicate it
 
 
 def test_the_recipient_rule_answers_for_one_contact(

@@ -28,6 +28,7 @@ import pykka
 from actors.scheduler import Scheduler, Timers
 from actors.supervision import SupervisedActor
 from actors.whatsapp.transport import SendResult, Transport
+from agent_runtime import metrics
 from agent_runtime.backoff import Backoff
 from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.errors import BackendError, Fenced
@@ -180,10 +181,14 @@ class WhatsAppActor(SupervisedActor):
             return
         self._next_send_s = max(monotonic_s(), self._next_send_s) + 1 / self._options.max_mps
         result = self._transport.send_text(message.to, message.text)
+        metrics.WHATSAPP_SENDS.labels(outcome=result.kind).inc()
+        if result.may_have_sent:
+            metrics.WHATSAPP_UNCERTAIN_SENDS.inc()
         try:
             self._record(message, result)
         except Fenced as error:
             if result.kind == "sent":
+                metrics.WHATSAPP_UNCERTAIN_SENDS.inc()
                 logger.error(
                     "message %s sent but not recorded (fenced): it may be sent twice", message.id
                 )

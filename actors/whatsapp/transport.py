@@ -16,7 +16,7 @@ an accepted message, so a retry of it can duplicate (the reason says so).
 import logging
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -107,6 +107,9 @@ class SendResult:
     reason: str = ""
     retry_after_s: float | None = None
     per_recipient: bool = False
+    may_have_sent: bool = False
+    """The request went out and no answer came back: Meta may have accepted it, so a
+    retry may send it twice (counted by the sender)."""
 
     @classmethod
     def sent(cls, wamid: str) -> "SendResult":
@@ -218,12 +221,12 @@ class CloudTransport:
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
             return classify(None, None, f"cannot connect: {self._redact(repr(error))}")
         except httpx.TimeoutException:
-            return classify(
-                None, None, f"no answer in {self._timeout_s} s (Meta may have accepted it)"
-            )
+            reason = f"no answer in {self._timeout_s} s (Meta may have accepted it)"
+            return replace(classify(None, None, reason), may_have_sent=True)
         except httpx.HTTPError as error:
             detail = self._redact(repr(error))
-            return classify(None, None, f"connection failed (Meta may have accepted it): {detail}")
+            reason = f"connection failed (Meta may have accepted it): {detail}"
+            return replace(classify(None, None, reason), may_have_sent=True)
         return self._result(response)
 
     def close(self) -> None:
