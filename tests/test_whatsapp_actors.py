@@ -245,3 +245,23 @@ def test_sends_are_spaced_by_the_rate_limit(db: LocalBackend, scheduler: Schedul
     times = [at for at, _, _ in a.transport.sends]
     assert (times[-1] - times[0]) / (len(times) - 1) >= 1 / 20 * 0.9
     a.lease.stop()
+
+
+def test_a_crashed_sender_is_restarted_while_the_lease_is_held(
+    db: LocalBackend, scheduler: Scheduler
+) -> None:
+    crashes = iter([True])
+
+    def crash_once(to: str, text: str) -> SendResult:
+        if next(crashes, False):
+            raise RuntimeError("bug in the transport")
+        return SendResult.sent(f"wamid.{text}")
+
+    queue(db, 5)
+    a = Worker(db, scheduler, "A", ScriptedTransport(crash_once), options=OPTIONS)
+    # The crashed sender's claim lock (60 s) holds the message it was sending; the rest
+    # were given back when it stopped, and the new sender sends them.
+    wait_for(lambda: list(statuses(db).values()).count("sent") == 4, timeout_s=5, what="4 sent")
+    assert a.board.restarts() == {"sender": 1}
+    assert a.holds()
+    a.lease.stop()

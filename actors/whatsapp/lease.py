@@ -26,11 +26,12 @@ import pykka
 
 from actors.scheduler import Scheduler, Timers
 from actors.supervision import SupervisedActor
+from agent_runtime.backoff import Backoff
 from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
 from backend.port import Backend
-from messages import TimerFired
+from messages import ChildFailed, TimerFired
 from messages.whatsapp import Lease, LeaseHeld, LeaseStatus, SenderFenced
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,11 @@ room for the rate of this clock against the backend's, and for the last send to 
 SENDER_STOP_TIMEOUT_S = 2.0
 """How long a graceful stop waits for the sender to drain before releasing the lease."""
 
+SENDER_BACKOFF = Backoff(min_s=0.5, max_s=30.0)
+"""Before restarting a sender that crashed (while the lease is still held)."""
+
 ACQUIRE_TIMER = "acquire"
+SENDER_RESTART_TIMER = "sender-restart"
 RENEW_TIMER = "renew"
 DEADLINE_TIMER = "deadline"
 STATUS_NAME = "lease"
@@ -90,7 +95,10 @@ class LeaseActor(SupervisedActor):
         self._last_renewed_at: int | None = None
         self._last_error: str | None = None
         self._seen: Lease | None = None
+        self._held_until: LeaseHeld | None = None
+        """What the sender was last told: the epoch and the local deadline."""
         self._sender: pykka.ActorRef[Any] | None = None
+        self._sender_crashes = 0
 
     @property
     def _ttl_s(self) -> float:
@@ -106,11 +114,15 @@ class LeaseActor(SupervisedActor):
                 return
             if message.key == DEADLINE_TIMER:
                 self._lose("the local deadline passed without a renewal")
+            elif message.key == SENDER_RESTART_TIMER:
+                self._restart_sender()
             else:
                 self._try()
         elif isinstance(message, SenderFenced):
             logger.warning("sender fenced (%s): checking the lease", message.reason)
             self._try()
+        elif isinstance(message, ChildFailed):
+            self._sender_failed(message)
         else:
             super().on_receive(message)
 
@@ -143,11 +155,29 @@ class LeaseActor(SupervisedActor):
         self.timers.start_single(RENEW_TIMER, self._ttl_s / 3)
         self.timers.start_single(DEADLINE_TIMER, held.deadline_s - monotonic_s())
         self.timers.cancel(ACQUIRE_TIMER)
+        self._held_until = held
         if self._sender is None:
-            self._sender = self._start_sender(self.actor_ref, held)
+            if not self.timers.is_active(SENDER_RESTART_TIMER):
+                self._sender = self._start_sender(self.actor_ref, held)
         else:
             with contextlib.suppress(pykka.ActorDeadError):  # its restart comes
                 self._sender.tell(held)
+
+    def _sender_failed(self, failure: ChildFailed) -> None:
+        """The sender crashed: what it had claimed comes back when its locks expire; a
+        new sender starts after a backoff if the lease is still held."""
+        self._sender = None
+        delay_s = SENDER_BACKOFF.delay_s(self._sender_crashes)
+        self._sender_crashes += 1
+        self._board.count_restart("sender")
+        logger.error("sender crashed: %s; restarting in %.1f s", failure.error, delay_s)
+        self.timers.start_single(SENDER_RESTART_TIMER, delay_s)
+
+    def _restart_sender(self) -> None:
+        held = self._held_until
+        if self._lease is None or held is None or self._sender is not None:
+            return  # lost meanwhile: the next acquisition starts one
+        self._sender = self._start_sender(self.actor_ref, held)
 
     def _failed(self, problem: str) -> None:
         if problem != self._last_error:
@@ -173,8 +203,10 @@ class LeaseActor(SupervisedActor):
             "lease of %s lost at epoch %d: %s", self._account_id, self._lease.epoch, reason
         )
         self._lease = None
+        self._held_until = None
         self.timers.cancel(RENEW_TIMER)
         self.timers.cancel(DEADLINE_TIMER)
+        self.timers.cancel(SENDER_RESTART_TIMER)
         self._stop_sender(block=False)
         self._standby()
         self._publish()
