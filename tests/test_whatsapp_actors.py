@@ -265,3 +265,21 @@ def test_a_crashed_sender_is_restarted_while_the_lease_is_held(
     assert a.board.restarts() == {"sender": 1}
     assert a.holds()
     a.lease.stop()
+
+
+def test_a_fenced_sender_is_replaced_when_the_lease_is_still_ours(
+    db: LocalBackend, scheduler: Scheduler
+) -> None:
+    a = Worker(db, scheduler, "A", ScriptedTransport())
+    wait_for(a.holds, what="A holds the lease")
+    lease = db.get_lease(ACCOUNT)
+    assert lease is not None
+    db.release_lease(ACCOUNT, "A", lease.epoch)  # expired behind its back; nobody took it
+    queue(db, 3)
+    # The sender's claim is refused (FENCED); the LeaseActor renews the same owner's lease
+    # and starts a fresh sender, which sends them.
+    wait_for(lambda: len(a.transport.texts()) == 3, timeout_s=5, what="sent after the fence")
+    renewed = db.get_lease(ACCOUNT)
+    assert renewed is not None
+    assert renewed.epoch == lease.epoch
+    a.lease.stop()

@@ -119,7 +119,10 @@ class LeaseActor(SupervisedActor):
             else:
                 self._try()
         elif isinstance(message, SenderFenced):
+            # A fenced sender sends nothing more: replace it if the lease is still ours
+            # (e.g. it expired unnoticed and nobody took it: renewed at the same epoch).
             logger.warning("sender fenced (%s): checking the lease", message.reason)
+            self._stop_sender(block=False)
             self._try()
         elif isinstance(message, ChildFailed):
             self._sender_failed(message)

@@ -14,7 +14,9 @@ step per message, so the LeaseActor's `LeaseHeld` updates come in between sends:
 - at most WHATSAPP_MAX_MPS sends per second.
 
 A Cloud API send has no idempotency key: a kill between Meta's accept and the mark sends
-that message again when its lock expires. The batch size bounds those duplicates.
+that message again when its lock expires. Messages are marked one at a time, so a kill
+duplicates at most the one in flight; the batch size bounds how many claimed messages
+wait for their lock to expire after a kill.
 """
 
 import collections
@@ -46,8 +48,8 @@ from messages.whatsapp import (
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 10
-"""Messages claimed at once: the most that can be in flight, so the most a kill can
-duplicate."""
+"""Messages claimed at once: after a kill, at most this many wait for their claim lock
+to expire before another owner sends them."""
 
 IDLE_POLL_S = 0.5
 """How often an empty queue is looked at again."""
@@ -175,6 +177,9 @@ class WhatsAppActor(SupervisedActor):
         return bool(claimed)
 
     def _send(self, message: ClaimedMessage) -> None:
+        if monotonic_s() >= self._held.deadline_s:  # a claim or a pause may have taken long
+            self._release(message)
+            return
         paced_until_ms = self._paced_until_ms.get(message.to, 0)
         if paced_until_ms > now_ms():  # that contact asked us to slow down
             self._release(message, not_before_ms=paced_until_ms)
