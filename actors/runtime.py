@@ -168,7 +168,9 @@ class Runtime(pykka.ThreadingActor):
     def _start_whatsapp(self, options: WhatsAppOptions) -> None:
         owner_id = f"{self._options.worker_id}/{self._instance_id}"  # unique per process
 
-        def start_sender(lease: pykka.ActorRef[Any], held: LeaseHeld) -> pykka.ActorRef[Any]:
+        def start_sender(
+            lease: pykka.ActorRef[Any], held: LeaseHeld, sender_id: str
+        ) -> pykka.ActorRef[Any]:
             return WhatsAppActor.start(
                 supervisor=lease,
                 backend=self._backend,
@@ -179,6 +181,7 @@ class Runtime(pykka.ThreadingActor):
                 owner_id=owner_id,
                 held=held,
                 options=options.sender,
+                sender_id=sender_id,
             )
 
         self.lease = LeaseActor.start(

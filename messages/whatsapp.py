@@ -89,6 +89,7 @@ class SenderFenced(Message):
     """WhatsAppActor -> LeaseActor: the backend refused a claim or a mark as stale; the
     sender stopped sending. The LeaseActor checks the lease at once."""
 
+    sender_id: str
     reason: str
 
 

@@ -226,3 +226,16 @@ def test_an_empty_worker_id_means_the_default(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("WORKER_ID", "")
     worker_id = load_settings().worker_id
     assert worker_id.startswith(f"{socket.gethostname()}-{os.getpid()}-")
+
+
+@pytest.mark.parametrize(
+    "variable", ["WHATSAPP_ACCESS_TOKEN", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN"]
+)
+def test_a_whatsapp_secret_with_a_newline_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "tok-en-123\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert f"{variable} is invalid" in str(raised.value)
+    assert "tok-en-123" not in str(raised.value)

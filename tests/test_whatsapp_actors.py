@@ -22,7 +22,9 @@ from messages.whatsapp import LeaseHeld, LeaseStatus, WhatsAppStatus
 from tests.conftest import stays_false, wait_for
 
 ACCOUNT = "acct"
-OPTIONS = SenderOptions(claim_lock_ms=60_000, max_attempts=3, pause_retry_s=0.5, max_mps=1000)
+OPTIONS = SenderOptions(
+    claim_lock_ms=60_000, send_timeout_s=1.0, max_attempts=3, pause_retry_s=0.5, max_mps=1000
+)
 
 
 class ScriptedTransport:
@@ -62,7 +64,9 @@ class Worker:
         self.board = StatusBoard()
         self.transport = transport
 
-        def start_sender(lease: pykka.ActorRef[Any], held: LeaseHeld) -> pykka.ActorRef[Any]:
+        def start_sender(
+            lease: pykka.ActorRef[Any], held: LeaseHeld, sender_id: str
+        ) -> pykka.ActorRef[Any]:
             return WhatsAppActor.start(
                 supervisor=lease,
                 backend=backend,
@@ -73,6 +77,7 @@ class Worker:
                 owner_id=owner,
                 held=held,
                 options=options,
+                sender_id=sender_id,
             )
 
         self.lease = LeaseActor.start(
@@ -181,7 +186,9 @@ def test_a_stuck_owner_sends_nothing_past_its_local_deadline(
         return SendResult.sent(f"wamid.{text}")
 
     flaky = Flaky(db)
-    short_locks = SenderOptions(claim_lock_ms=3000, max_attempts=3, pause_retry_s=1, max_mps=1000)
+    short_locks = SenderOptions(
+        claim_lock_ms=3000, send_timeout_s=0.5, max_attempts=3, pause_retry_s=1, max_mps=1000
+    )
     a = Worker(flaky, scheduler, "A", ScriptedTransport(slow), ttl_ms=5000, options=short_locks)
     wait_for(a.holds, what="A holds the lease")
     queue(db, 60)
@@ -239,7 +246,9 @@ def test_outcomes_retry_pace_fail_and_pause(db: LocalBackend, scheduler: Schedul
 
 def test_sends_are_spaced_by_the_rate_limit(db: LocalBackend, scheduler: Scheduler) -> None:
     queue(db, 12)
-    limited = SenderOptions(claim_lock_ms=60_000, max_attempts=3, pause_retry_s=1, max_mps=20)
+    limited = SenderOptions(
+        claim_lock_ms=60_000, send_timeout_s=1.0, max_attempts=3, pause_retry_s=1, max_mps=20
+    )
     a = Worker(db, scheduler, "A", ScriptedTransport(), options=limited)
     wait_for(lambda: len(a.transport.texts()) == 12, what="all sent")
     times = [at for at, _, _ in a.transport.sends]
@@ -283,3 +292,25 @@ def test_a_fenced_sender_is_replaced_when_the_lease_is_still_ours(
     assert renewed is not None
     assert renewed.epoch == lease.epoch
     a.lease.stop()
+
+
+def test_a_stop_during_a_slow_send_leaves_the_lease_to_expire(
+    db: LocalBackend, scheduler: Scheduler
+) -> None:
+    sending = threading.Event()
+    finish = threading.Event()
+
+    def slow(to: str, text: str) -> SendResult:
+        sending.set()
+        finish.wait(10)  # longer than the LeaseActor waits for the sender to drain
+        return SendResult.sent(f"wamid.{text}")
+
+    queue(db, 1)
+    a = Worker(db, scheduler, "A", ScriptedTransport(slow))
+    assert sending.wait(5)
+    a.lease.stop()  # the send is still in flight: releasing would let B send it again
+    lease = db.get_lease(ACCOUNT)
+    assert lease is not None
+    assert lease.owner_id == "A"
+    assert lease.expires_at > db.clock()  # not released
+    finish.set()

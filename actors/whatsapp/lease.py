@@ -61,8 +61,9 @@ RENEW_TIMER = "renew"
 DEADLINE_TIMER = "deadline"
 STATUS_NAME = "lease"
 
-SenderFactory = Callable[[pykka.ActorRef[Any], LeaseHeld], pykka.ActorRef[Any]]
-"""Starts the sender under this LeaseActor (its supervisor) with the first LeaseHeld."""
+SenderFactory = Callable[[pykka.ActorRef[Any], LeaseHeld, str], pykka.ActorRef[Any]]
+"""Starts a sender under this LeaseActor (its supervisor) with the first LeaseHeld and
+its sender id (the child id in its ChildFailed and SenderFenced reports)."""
 
 
 class LeaseActor(SupervisedActor):
@@ -98,6 +99,7 @@ class LeaseActor(SupervisedActor):
         self._held_until: LeaseHeld | None = None
         """What the sender was last told: the epoch and the local deadline."""
         self._sender: pykka.ActorRef[Any] | None = None
+        self._senders_started = 0
         self._sender_crashes = 0
 
     @property
@@ -119,13 +121,16 @@ class LeaseActor(SupervisedActor):
             else:
                 self._try()
         elif isinstance(message, SenderFenced):
+            if message.sender_id != self._sender_id:
+                return  # an old sender's report: it was stopped already
             # A fenced sender sends nothing more: replace it if the lease is still ours
             # (e.g. it expired unnoticed and nobody took it: renewed at the same epoch).
             logger.warning("sender fenced (%s): checking the lease", message.reason)
             self._stop_sender(block=False)
             self._try()
         elif isinstance(message, ChildFailed):
-            self._sender_failed(message)
+            if message.child_id == self._sender_id:
+                self._sender_failed(message)
         else:
             super().on_receive(message)
 
@@ -158,10 +163,13 @@ class LeaseActor(SupervisedActor):
         self.timers.start_single(RENEW_TIMER, self._ttl_s / 3)
         self.timers.start_single(DEADLINE_TIMER, held.deadline_s - monotonic_s())
         self.timers.cancel(ACQUIRE_TIMER)
+        new_epoch = self._held_until is not None and self._held_until.epoch != held.epoch
         self._held_until = held
+        if new_epoch:
+            self._stop_sender(block=False)  # its claims belong to the old epoch
         if self._sender is None:
             if not self.timers.is_active(SENDER_RESTART_TIMER):
-                self._sender = self._start_sender(self.actor_ref, held)
+                self._start_new_sender(held)
         else:
             with contextlib.suppress(pykka.ActorDeadError):  # its restart comes
                 self._sender.tell(held)
@@ -180,7 +188,16 @@ class LeaseActor(SupervisedActor):
         held = self._held_until
         if self._lease is None or held is None or self._sender is not None:
             return  # lost meanwhile: the next acquisition starts one
-        self._sender = self._start_sender(self.actor_ref, held)
+        self._start_new_sender(held)
+
+    def _start_new_sender(self, held: LeaseHeld) -> None:
+        self._senders_started += 1
+        self._sender = self._start_sender(self.actor_ref, held, self._sender_id)
+
+    @property
+    def _sender_id(self) -> str:
+        """The current sender's child id; reports from earlier senders are ignored."""
+        return f"sender-{self._senders_started}"
 
     def _failed(self, problem: str) -> None:
         if problem != self._last_error:
@@ -214,10 +231,11 @@ class LeaseActor(SupervisedActor):
         self._standby()
         self._publish()
 
-    def _stop_sender(self, *, block: bool) -> None:
+    def _stop_sender(self, *, block: bool) -> bool:
+        """Stop the sender; with `block`, wait for it to drain and say whether it did."""
         sender, self._sender = self._sender, None
         if sender is None:
-            return
+            return True
         try:
             # The sender checks its deadline before every send; not waiting here keeps
             # this actor's timers on time while a send in flight ends.
@@ -226,6 +244,8 @@ class LeaseActor(SupervisedActor):
                 stopped.get(timeout=SENDER_STOP_TIMEOUT_S)
         except pykka.Timeout:
             logger.error("the sender did not drain within %.1f s", SENDER_STOP_TIMEOUT_S)
+            return False
+        return True
 
     def _publish(self) -> None:
         seen = self._seen
@@ -244,10 +264,17 @@ class LeaseActor(SupervisedActor):
 
     def cleanup(self, crashed: bool) -> None:
         self.timers.cancel_all()
-        self._stop_sender(block=not crashed)
+        drained = self._stop_sender(block=not crashed)
         lease, self._lease = self._lease, None
         if lease is None or crashed:
             return  # a crashed holder's lease expires; its restart may renew it first
+        if not drained:
+            # A send may still be in flight: releasing now would let a successor claim
+            # and send that message too. The lease expires instead.
+            logger.warning(
+                "lease of %s left to expire: the sender had not drained", self._account_id
+            )
+            return
         try:
             released = self._backend.release_lease(self._account_id, self._owner_id, lease.epoch)
         except BackendError as error:

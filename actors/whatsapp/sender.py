@@ -51,6 +51,9 @@ BATCH_SIZE = 10
 """Messages claimed at once: after a kill, at most this many wait for their claim lock
 to expire before another owner sends them."""
 
+LOCK_MARGIN_S = 1.0
+"""A send starts only if it can end (send timeout) this long before its claim lock does."""
+
 IDLE_POLL_S = 0.5
 """How often an empty queue is looked at again."""
 
@@ -69,6 +72,7 @@ class SenderOptions:
     """The sender's tunables, from the settings."""
 
     claim_lock_ms: int
+    send_timeout_s: float
     max_attempts: int
     pause_retry_s: float
     max_mps: int
@@ -89,8 +93,9 @@ class WhatsAppActor(SupervisedActor):
         owner_id: str,
         held: LeaseHeld,
         options: SenderOptions,
+        sender_id: str = "sender",
     ) -> None:
-        super().__init__(supervisor=supervisor, child_id="sender")
+        super().__init__(supervisor=supervisor, child_id=sender_id)
         self._backend = backend
         self._board = status_board
         self._transport = transport
@@ -100,6 +105,8 @@ class WhatsAppActor(SupervisedActor):
         self._options = options
         self.timers = Timers(scheduler, self.actor_ref)
         self._batch: collections.deque[ClaimedMessage] = collections.deque()
+        self._claimed_s = 0.0
+        """When the batch was claimed: its locks run out `claim_lock_ms` later."""
         self._next_send_s = 0.0
         self._paused_until_s: float | None = None
         self._paced_until_ms: dict[str, int] = {}
@@ -172,13 +179,21 @@ class WhatsAppActor(SupervisedActor):
             self._later(BACKEND_RETRY_S)
             return False
         self._batch.extend(claimed)
+        self._claimed_s = monotonic_s()
         if not claimed:
             self._later(IDLE_POLL_S)
         return bool(claimed)
 
     def _send(self, message: ClaimedMessage) -> None:
-        if monotonic_s() >= self._held.deadline_s:  # a claim or a pause may have taken long
+        now_s = monotonic_s()
+        if now_s >= self._held.deadline_s:  # a claim or a pause may have taken long
             self._release(message)
+            return
+        if now_s + self._options.send_timeout_s + LOCK_MARGIN_S >= self._lock_end_s:
+            # Slow sends ate the batch's locks: a send now could outlive its lock and be
+            # claimed by another owner meanwhile. Give the rest back and claim afresh.
+            self._release(message)
+            self._give_back()
             return
         paced_until_ms = self._paced_until_ms.get(message.to, 0)
         if paced_until_ms > now_ms():  # that contact asked us to slow down
@@ -238,6 +253,10 @@ class WhatsAppActor(SupervisedActor):
         self._release(message)
         self._give_back()
 
+    @property
+    def _lock_end_s(self) -> float:
+        return self._claimed_s + self._options.claim_lock_ms / 1000
+
     def _release(self, message: ClaimedMessage, not_before_ms: int | None = None) -> None:
         with contextlib.suppress(BackendError):  # else its lock expires: tried again later
             self._backend.release_outbound(message.id, message.claim_token, not_before_ms)
@@ -254,7 +273,7 @@ class WhatsAppActor(SupervisedActor):
         self._publish()
         with contextlib.suppress(pykka.ActorDeadError):
             assert self.supervisor is not None
-            self.supervisor.tell(SenderFenced(reason=reason))
+            self.supervisor.tell(SenderFenced(sender_id=self.child_id, reason=reason))
 
     def _problem(self, problem: str | None) -> None:
         if problem is not None and problem != self._last_error:

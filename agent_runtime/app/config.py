@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent_runtime.app.roles import ROLE_NAMES, ROLES, Role
 from agent_runtime.errors import ConfigError
-from messages.text import LABEL_RULE, Label, shown
+from messages.text import CONTROL_CHARACTER, LABEL_RULE, Label, shown
 
 DEFAULT_AGENT_SYNC_INTERVAL_MS = 60_000
 MIN_AGENT_SYNC_INTERVAL_MS = 1_000
@@ -186,15 +186,27 @@ class Settings(BaseSettings):
     ] = None
     whatsapp_access_token: Annotated[
         SecretStr | None,
-        Field(alias="WHATSAPP_ACCESS_TOKEN", min_length=1, description="a Graph API token"),
+        Field(
+            alias="WHATSAPP_ACCESS_TOKEN",
+            min_length=1,
+            description="a Graph API token, without surrounding spaces or newlines",
+        ),
     ] = None
     whatsapp_app_secret: Annotated[
         SecretStr | None,
-        Field(alias="WHATSAPP_APP_SECRET", min_length=1, description="the Meta app secret"),
+        Field(
+            alias="WHATSAPP_APP_SECRET",
+            min_length=1,
+            description="the Meta app secret, without surrounding spaces or newlines",
+        ),
     ] = None
     whatsapp_verify_token: Annotated[
         SecretStr | None,
-        Field(alias="WHATSAPP_VERIFY_TOKEN", min_length=1, description="the webhook verify token"),
+        Field(
+            alias="WHATSAPP_VERIFY_TOKEN",
+            min_length=1,
+            description="the webhook verify token, without surrounding spaces or newlines",
+        ),
     ] = None
     whatsapp_lease_ttl_ms: Annotated[
         int,
@@ -312,12 +324,22 @@ class Settings(BaseSettings):
     def _strip(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("agent_secret", mode="after")
+    @field_validator(
+        "agent_secret",
+        "whatsapp_access_token",
+        "whatsapp_app_secret",
+        "whatsapp_verify_token",
+        mode="after",
+    )
     @classmethod
     def _no_surrounding_space(cls, value: SecretStr | None) -> SecretStr | None:
-        # A pasted newline would look like a wrong key at the deployment.
-        if value is not None and value.get_secret_value() != value.get_secret_value().strip():
-            raise ValueError("surrounding whitespace")
+        # A pasted newline would look like a wrong key at the deployment, and in an HTTP
+        # header it makes the client raise an error that quotes the header, secret and all.
+        if value is None:
+            return value
+        text = value.get_secret_value()
+        if text != text.strip() or CONTROL_CHARACTER.search(text):
+            raise ValueError("surrounding whitespace or a control character")
         return value
 
     @model_validator(mode="after")

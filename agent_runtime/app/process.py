@@ -135,6 +135,7 @@ def _whatsapp(settings: Settings) -> WhatsAppOptions | None:
         lease_ttl_ms=settings.whatsapp_lease_ttl_ms,
         sender=SenderOptions(
             claim_lock_ms=settings.whatsapp_claim_lock_ms,
+            send_timeout_s=settings.whatsapp_send_timeout_ms / 1000,
             max_attempts=settings.whatsapp_max_attempts,
             pause_retry_s=settings.whatsapp_pause_retry_ms / 1000,
             max_mps=settings.whatsapp_max_mps,
