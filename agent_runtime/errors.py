@@ -86,3 +86,11 @@ class MessageNotFound(BackendError):
             " shows the ids"
         )
         self.message_id = message_id
+
+
+class JobNotFound(BackendError):
+    """A command named a job id the backend does not have."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}; `agent-runtime jobs list` shows the ids")
+        self.job_id = job_id

@@ -26,6 +26,7 @@ from agent_runtime.errors import (
     FunctionError,
     InvalidAgent,
     InvalidArgument,
+    JobNotFound,
     MessageNotFound,
     ServiceKeyRejected,
     WorkerIdTaken,
@@ -35,6 +36,7 @@ from backend.port import CLOSE_TIMEOUT_S, Backend
 from backend.retry import Unavailable, call_with_retries
 from messages import AgentRecord, Heartbeat
 from messages.agent import describe_validation_error, parse_agent_row
+from messages.jobs import ClaimedJob, Conversation, JobStatus, Turn, Usage
 from messages.whatsapp import (
     ClaimedMessage,
     InboundMessage,
@@ -267,12 +269,15 @@ class ConvexBackend(Backend):
         account_id: str,
         messages: Sequence[InboundMessage],
         statuses: Sequence[StatusUpdate],
+        agent_id: str | None = None,
     ) -> WebhookRecorded:
-        args = {
+        args: dict[str, Any] = {
             "accountId": account_id,
             "messages": [m.model_dump(by_alias=True) for m in messages],
             "statuses": [u.model_dump(by_alias=True, exclude_none=True) for u in statuses],
         }
+        if agent_id is not None:
+            args["agentId"] = agent_id
         # Recording is deduplicated on the provider ids: a repeat records nothing twice.
         answer = self._call("mutation", "service/whatsapp:recordWebhook", args, idempotent=True)
         return _parsed(WebhookRecorded, answer)
@@ -297,6 +302,131 @@ class ConvexBackend(Backend):
                 raise Fenced(str(error)) from None
             if error.code == "NOT_FOUND":
                 raise MessageNotFound(str(args.get("id"))) from None
+            raise
+
+    # Jobs. Renew, complete and fail are idempotent for their claim token; a claim is
+    # never retried (it would lock a second batch), nor an enqueue without a key.
+
+    def enqueue_job(
+        self,
+        agent_id: str,
+        input_text: str,
+        conversation: Conversation | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        args: dict[str, Any] = {"agentId": agent_id, "input": input_text}
+        if conversation is not None:
+            args["conversation"] = conversation.model_dump(by_alias=True)
+        if idempotency_key is not None:
+            args["idempotencyKey"] = idempotency_key
+        try:
+            answer = self._call(
+                "mutation", "service/jobs:enqueue", args, idempotent=idempotency_key is not None
+            )
+        except ApplicationError as error:
+            if error.code == "NOT_FOUND":
+                raise AgentNotFound(agent_id) from None
+            raise
+        if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+            raise FunctionError(f"expected {{id}}, got {str(answer)[:80]}")
+        return str(answer["id"])
+
+    def claim_jobs(
+        self,
+        agent_ids: Sequence[str],
+        worker_id: str,
+        *,
+        limit: int,
+        lock_ms: int,
+        max_attempts: int,
+    ) -> list[ClaimedJob]:
+        args = {
+            "agentIds": list(agent_ids),
+            "workerId": worker_id,
+            "limit": limit,
+            "lockMs": lock_ms,
+            "maxAttempts": max_attempts,
+        }
+        answer = self._call("mutation", "service/jobs:claim", args, idempotent=False)
+        if not isinstance(answer, list):
+            raise FunctionError(f"expected a list of jobs, got {str(answer)[:80]}")
+        return [_parsed(ClaimedJob, row) for row in answer]
+
+    def renew_job(self, job_id: str, claim_token: str, lock_ms: int) -> int:
+        args = {"id": job_id, "claimToken": claim_token, "lockMs": lock_ms}
+        answer = self._job_call("service/jobs:renew", args)
+        locked_until = answer.get("lockedUntil") if isinstance(answer, dict) else None
+        if not isinstance(locked_until, int | float):
+            raise FunctionError(f"expected {{lockedUntil}}, got {str(answer)[:80]}")
+        return int(locked_until)
+
+    def complete_job(
+        self, job_id: str, claim_token: str, *, result: str, usage: Usage, steps: int
+    ) -> str | None:
+        args = {
+            "id": job_id,
+            "claimToken": claim_token,
+            "result": result,
+            "usage": usage.model_dump(by_alias=True),
+            "steps": steps,
+        }
+        answer = self._job_call("service/jobs:complete", args)
+        reply_id = answer.get("replyId") if isinstance(answer, dict) else None
+        return reply_id if isinstance(reply_id, str) else None
+
+    def fail_job(
+        self,
+        job_id: str,
+        claim_token: str,
+        *,
+        error: str,
+        retry_at_ms: int | None,
+        max_attempts: int,
+    ) -> JobStatus:
+        args: dict[str, Any] = {
+            "id": job_id,
+            "claimToken": claim_token,
+            "error": error,
+            "maxAttempts": max_attempts,
+        }
+        if retry_at_ms is not None:
+            args["retryAt"] = retry_at_ms
+        answer = self._job_call("service/jobs:fail", args)
+        status = answer.get("status") if isinstance(answer, dict) else None
+        if status not in ("queued", "failed", "dead"):
+            raise FunctionError(f"expected {{status}}, got {str(answer)[:80]}")
+        return cast(JobStatus, status)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        try:
+            answer = self._call("query", "service/jobs:get", {"id": job_id}, idempotent=True)
+        except ApplicationError as error:
+            if error.code == "NOT_FOUND":
+                raise JobNotFound(job_id) from None
+            raise
+        if not isinstance(answer, dict):
+            raise FunctionError(f"expected a job, got {str(answer)[:80]}")
+        return answer
+
+    def list_jobs(
+        self, agent_id: str | None = None, status: JobStatus | None = None
+    ) -> list[dict[str, Any]]:
+        args = {k: v for k, v in {"agentId": agent_id, "status": status}.items() if v is not None}
+        return _rows(self._call("query", "service/jobs:list", args, idempotent=True))
+
+    def conversation_history(self, conversation: Conversation, limit: int) -> list[Turn]:
+        args = {"conversation": conversation.model_dump(by_alias=True), "limit": limit}
+        answer = _rows(self._call("query", "service/jobs:history", args, idempotent=True))
+        return [_parsed(Turn, row) for row in answer]
+
+    def _job_call(self, path: str, args: dict[str, Any]) -> Any:
+        try:
+            return self._call("mutation", path, args, idempotent=True)
+        except ApplicationError as error:
+            if error.code == "FENCED":
+                raise Fenced(str(error)) from None
+            if error.code == "NOT_FOUND":
+                raise JobNotFound(str(args["id"])) from None
             raise
 
     def watch_agents(self, on_change: Callable[[], None]) -> AgentsWatcher | None:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from agent_runtime.clock import now_ms
 from agent_runtime.errors import AgentNotFound, BackendError, InvalidAgent, WorkerIdTaken
+from backend.local_jobs import JOBS_SCHEMA, LocalJobs
 from backend.local_whatsapp import WHATSAPP_SCHEMA, LocalWhatsApp
 from backend.port import CLOSE_TIMEOUT_S, Backend
 from messages import AgentRecord, Heartbeat
@@ -126,7 +127,7 @@ ON CONFLICT (agent_id) DO UPDATE SET
 """
 
 
-class LocalBackend(LocalWhatsApp, Backend):
+class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
     """SQLite at `path` (created with its parent folder if missing).
 
     One connection per process, used under a lock; WAL lets other processes read while
@@ -161,7 +162,7 @@ class LocalBackend(LocalWhatsApp, Backend):
         migration = _MIGRATE_FROM_V1 if has_agents and version < SCHEMA_VERSION else ""
         try:
             db.executescript(
-                f"BEGIN IMMEDIATE; {migration} {SCHEMA} {WHATSAPP_SCHEMA}"
+                f"BEGIN IMMEDIATE; {migration} {SCHEMA} {WHATSAPP_SCHEMA} {JOBS_SCHEMA}"
                 f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             )
         except sqlite3.Error:

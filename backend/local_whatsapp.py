@@ -87,10 +87,40 @@ NO_ERROR_GIVEN = "failed (the webhook gave no error)"
 _OUTBOX_COLUMNS = "id, recipient, text, status, attempts, wamid, last_error, created_at, updated_at"
 
 
+def insert_outbound(
+    db: sqlite3.Connection,
+    now: int,
+    account_id: str,
+    to: str,
+    text: str,
+    *,
+    idempotency_key: str | None,
+) -> str:
+    """Queue a (validated) message inside the caller's transaction; the first message's
+    id for a known key."""
+    if idempotency_key is not None:
+        known = db.execute(
+            "SELECT id FROM whatsapp_outbound WHERE account_id = ? AND idempotency_key = ?",
+            (account_id, idempotency_key),
+        ).fetchone()
+        if known is not None:
+            return str(known[0])
+    message_id = secrets.token_hex(8)
+    db.execute(
+        "INSERT INTO whatsapp_outbound (id, account_id, recipient, text, status,"
+        " not_before, idempotency_key, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+        (message_id, account_id, to, text, now, idempotency_key, now, now),
+    )
+    return message_id
+
+
 class LocalWhatsApp:
-    """The WhatsApp half of `LocalBackend` (which provides `_write`, `_read`, `clock`)."""
+    """The WhatsApp half of `LocalBackend` (which provides `_write`, `_read`, `clock`,
+    and `_route_inbound`: the jobs an inbound message queues for its agent)."""
 
     clock: Callable[[], int]
+    _route_inbound: Callable[[sqlite3.Connection, int, str, str, InboundMessage], None]
     _write: Callable[[], AbstractContextManager[sqlite3.Connection]]
     _read: Callable[..., list[tuple[Any, ...]]]
 
@@ -139,31 +169,15 @@ class LocalWhatsApp:
         except ValidationError as error:
             raise InvalidArgument(describe_validation_error(error)) from None
         now = self.clock()
-        message_id = secrets.token_hex(8)
         with self._write() as db:
-            if idempotency_key is not None:
-                known = db.execute(
-                    "SELECT id FROM whatsapp_outbound WHERE account_id = ? AND idempotency_key = ?",
-                    (account_id, idempotency_key),
-                ).fetchone()
-                if known is not None:
-                    return str(known[0])
-            db.execute(
-                "INSERT INTO whatsapp_outbound (id, account_id, recipient, text, status,"
-                " not_before, idempotency_key, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (
-                    message_id,
-                    account_id,
-                    checked.to.removeprefix("+"),
-                    checked.text,
-                    now,
-                    idempotency_key,
-                    now,
-                    now,
-                ),
+            return insert_outbound(
+                db,
+                now,
+                account_id,
+                checked.to.removeprefix("+"),
+                checked.text,
+                idempotency_key=idempotency_key,
             )
-        return message_id
 
     def claim_outbound(
         self,
@@ -323,12 +337,17 @@ class LocalWhatsApp:
         account_id: str,
         messages: Sequence[InboundMessage],
         statuses: Sequence[StatusUpdate],
+        agent_id: str | None = None,
     ) -> WebhookRecorded:
         now = self.clock()
         recorded = applied = 0
         with self._write() as db:
+            routed = (
+                agent_id is not None
+                and db.execute("SELECT 1 FROM agents WHERE id = ?", (agent_id,)).fetchone()
+            )
             for message in messages:
-                recorded += db.execute(
+                new = db.execute(
                     "INSERT OR IGNORE INTO whatsapp_inbound VALUES (?, ?, ?, ?, ?, ?)",
                     (
                         message.provider_id,
@@ -339,6 +358,10 @@ class LocalWhatsApp:
                         now,
                     ),
                 ).rowcount
+                recorded += new
+                if new and routed:
+                    assert agent_id is not None
+                    self._route_inbound(db, now, agent_id, account_id, message)
             for update in statuses:
                 new = db.execute(
                     "INSERT OR IGNORE INTO whatsapp_statuses VALUES (?, ?, ?, ?)",

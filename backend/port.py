@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from messages import AgentRecord, Heartbeat
+from messages.jobs import ClaimedJob, Conversation, JobStatus, Turn, Usage
 from messages.whatsapp import (
     ClaimedMessage,
     InboundMessage,
@@ -194,9 +195,11 @@ class Backend(abc.ABC):
         account_id: str,
         messages: Sequence[InboundMessage],
         statuses: Sequence[StatusUpdate],
+        agent_id: str | None = None,
     ) -> WebhookRecorded:
         """Store inbound messages and apply status updates, each once (provider ids are
-        deduplicated for at least 8 days); in one write."""
+        deduplicated for at least 8 days); with `agent_id`, queue a job for that agent
+        per newly recorded message; in one write."""
 
     @abc.abstractmethod
     def list_outbox(
@@ -208,6 +211,94 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def list_inbox(self, account_id: str) -> list[dict[str, Any]]:
         """Inbound messages, oldest first (`providerId, from, text, receivedAt`)."""
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def enqueue_job(
+        self,
+        agent_id: str,
+        input_text: str,
+        conversation: Conversation | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Queue a job for the agent and return its id; a repeated `idempotency_key`
+        returns the first job's id.
+
+        Raises:
+            AgentNotFound: no such agent.
+            InvalidArgument: the input or the conversation is not acceptable.
+        """
+
+    @abc.abstractmethod
+    def claim_jobs(
+        self,
+        agent_ids: Sequence[str],
+        worker_id: str,
+        *,
+        limit: int,
+        lock_ms: int,
+        max_attempts: int,
+    ) -> list[ClaimedJob]:
+        """Claim up to `limit` jobs of these agents, each agent's (and conversation's)
+        next one only, oldest first, locked for `lock_ms`; expired locks count an attempt
+        first (dead at `max_attempts`)."""
+
+    @abc.abstractmethod
+    def renew_job(self, job_id: str, claim_token: str, lock_ms: int) -> int:
+        """Extend the claim's lock to now + `lock_ms`; returns the new `lockedUntil`.
+
+        Raises:
+            Fenced: the claim is not current (the job was reclaimed or finished).
+        """
+
+    @abc.abstractmethod
+    def complete_job(
+        self, job_id: str, claim_token: str, *, result: str, usage: Usage, steps: int
+    ) -> str | None:
+        """Mark the job done with its result, append the turn to its conversation, and
+        queue the reply of a WhatsApp conversation (once, keyed by the job): all in one
+        transaction. Returns the reply's outbound id (None without a conversation).
+        Idempotent for the same claim.
+
+        Raises:
+            Fenced: the claim is not current.
+        """
+
+    @abc.abstractmethod
+    def fail_job(
+        self,
+        job_id: str,
+        claim_token: str,
+        *,
+        error: str,
+        retry_at_ms: int | None,
+        max_attempts: int,
+    ) -> JobStatus:
+        """Count a failed attempt: queued again from `retry_at_ms` while attempts remain,
+        dead after the last; without `retry_at_ms`, failed for good.
+
+        Raises:
+            Fenced: the claim is not current, or it already finished the job.
+        """
+
+    @abc.abstractmethod
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        """The job as a camelCase row (contract/README.md, "Jobs").
+
+        Raises:
+            JobNotFound: no such job.
+        """
+
+    @abc.abstractmethod
+    def list_jobs(
+        self, agent_id: str | None = None, status: JobStatus | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs, oldest first (at most 1000), as `get_job` rows."""
+
+    @abc.abstractmethod
+    def conversation_history(self, conversation: Conversation, limit: int) -> list[Turn]:
+        """The conversation's last `limit` turns, oldest first."""
 
     # --- administration (the `agents` CLI) -----------------------------------------
 

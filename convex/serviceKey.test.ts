@@ -40,6 +40,26 @@ const CALLS: [Kind, string, Record<string, unknown>][] = [
   ["mutation", "service/whatsapp:recordWebhook", { accountId: "a", messages: [], statuses: [] }],
   ["query", "service/whatsapp:listOutbox", { accountId: "a" }],
   ["query", "service/whatsapp:listInbox", { accountId: "a" }],
+  ["mutation", "service/jobs:enqueue", { agentId: "x", input: "hi" }],
+  [
+    "mutation",
+    "service/jobs:claim",
+    { agentIds: ["x"], workerId: "w", limit: 1, lockMs: 5000, maxAttempts: 1 },
+  ],
+  ["mutation", "service/jobs:renew", { id: "x", claimToken: "t", lockMs: 5000 }],
+  [
+    "mutation",
+    "service/jobs:complete",
+    { id: "x", claimToken: "t", result: "r", usage: { inputTokens: 1, outputTokens: 1 }, steps: 1 },
+  ],
+  ["mutation", "service/jobs:fail", { id: "x", claimToken: "t", error: "e", maxAttempts: 1 }],
+  ["query", "service/jobs:get", { id: "x" }],
+  ["query", "service/jobs:list", {}],
+  [
+    "query",
+    "service/jobs:history",
+    { conversation: { channel: "whatsapp", accountId: "a", contact: "15550000001" }, limit: 1 },
+  ],
 ];
 
 type CodedError = ConvexError<{ code: string; message: string }>;

@@ -66,6 +66,20 @@ def agent_row(**overrides: object) -> dict[str, object]:
     return fields | overrides
 
 
+T0 = 1_700_000_000_000
+"""An epoch-ms start time for fake clocks."""
+
+
+class FakeClock:
+    """Epoch milliseconds that move only when the test says so (`clock.now = ...`)."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> int:
+        return self.now
+
+
 _NEVER_SET = threading.Event()
 
 

@@ -16,6 +16,7 @@ from agent_runtime.errors import (
     AgentNotFound,
     Fenced,
     InvalidArgument,
+    JobNotFound,
     MessageNotFound,
     WorkerIdTaken,
 )
@@ -23,6 +24,7 @@ from backend.local import LocalBackend
 from messages import AgentRecord, Heartbeat
 from messages.agent import describe_validation_error
 from messages.text import label_problem
+from tests.convex_jobs_service import jobs_functions
 from tests.convex_whatsapp_service import whatsapp_functions
 from tests.fake_convex import ServiceError
 
@@ -62,6 +64,7 @@ class LocalService:
                 {"agentId", "atMs"},
             ),
             **whatsapp_functions(backend),
+            **jobs_functions(backend),
         }
 
     def call(self, kind: str, path: str, args: dict[str, Any]) -> Any:
@@ -80,7 +83,7 @@ class LocalService:
         _check_arguments(args, takes)
         try:
             return function(args)
-        except (AgentNotFound, MessageNotFound) as error:
+        except (AgentNotFound, MessageNotFound, JobNotFound) as error:
             raise ServiceError("NOT_FOUND", str(error)) from None
         except InvalidArgument as error:
             raise ServiceError("INVALID_ARGUMENT", str(error)) from None

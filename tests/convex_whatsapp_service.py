@@ -25,71 +25,72 @@ def whatsapp_functions(backend: LocalBackend) -> dict[str, Function]:
 
     def acquire(a: dict[str, Any]) -> dict[str, Any]:
         lease = backend.acquire_lease(
-            _label(a, "accountId"), _label(a, "ownerId"), _whole(a, "ttlMs", 1000, 600_000)
+            label(a, "accountId"), label(a, "ownerId"), whole(a, "ttlMs", 1000, 600_000)
         )
         return _lease(lease, held=True)
 
     def release_lease(a: dict[str, Any]) -> dict[str, bool]:
         released = backend.release_lease(
-            _label(a, "accountId"), _label(a, "ownerId"), _whole(a, "epoch", 1)
+            label(a, "accountId"), label(a, "ownerId"), whole(a, "epoch", 1)
         )
         return {"released": released}
 
     def get_lease(a: dict[str, Any]) -> dict[str, Any] | None:
-        lease = backend.get_lease(_label(a, "accountId"))
+        lease = backend.get_lease(label(a, "accountId"))
         return _lease(lease, held=False) if lease is not None else None
 
     def enqueue(a: dict[str, Any]) -> dict[str, str]:
-        key = _label(a, "idempotencyKey") if "idempotencyKey" in a else None
-        to, text = _string(a, "to"), _string(a, "text")
-        return {"id": backend.enqueue_outbound(_label(a, "accountId"), to, text, key)}
+        key = label(a, "idempotencyKey") if "idempotencyKey" in a else None
+        to, text = string(a, "to"), string(a, "text")
+        return {"id": backend.enqueue_outbound(label(a, "accountId"), to, text, key)}
 
     def claim(a: dict[str, Any]) -> list[dict[str, Any]]:
         claimed = backend.claim_outbound(
-            _label(a, "accountId"),
-            _label(a, "ownerId"),
-            _whole(a, "epoch", 1),
-            limit=_whole(a, "limit", 1, 100),
-            lock_ms=_whole(a, "lockMs", 1000, 600_000),
-            max_attempts=_whole(a, "maxAttempts", 1, 100),
+            label(a, "accountId"),
+            label(a, "ownerId"),
+            whole(a, "epoch", 1),
+            limit=whole(a, "limit", 1, 100),
+            lock_ms=whole(a, "lockMs", 1000, 600_000),
+            max_attempts=whole(a, "maxAttempts", 1, 100),
         )
         return [m.model_dump(by_alias=True) for m in claimed]
 
     def mark_sent(a: dict[str, Any]) -> None:
         backend.mark_sent(
-            _string(a, "id"), _string(a, "claimToken"), _whole(a, "epoch", 1), _label(a, "wamid")
+            string(a, "id"), string(a, "claimToken"), whole(a, "epoch", 1), label(a, "wamid")
         )
 
     def mark_failed(a: dict[str, Any]) -> dict[str, str]:
         status = backend.mark_failed(
-            _string(a, "id"),
-            _string(a, "claimToken"),
-            _whole(a, "epoch", 1),
-            error=_string(a, "error"),
-            retry_at_ms=_whole(a, "retryAt", 0) if "retryAt" in a else None,
-            max_attempts=_whole(a, "maxAttempts", 1, 100),
+            string(a, "id"),
+            string(a, "claimToken"),
+            whole(a, "epoch", 1),
+            error=string(a, "error"),
+            retry_at_ms=whole(a, "retryAt", 0) if "retryAt" in a else None,
+            max_attempts=whole(a, "maxAttempts", 1, 100),
         )
         return {"status": status}
 
     def release(a: dict[str, Any]) -> dict[str, bool]:
-        not_before = _whole(a, "notBefore", 0) if "notBefore" in a else None
+        not_before = whole(a, "notBefore", 0) if "notBefore" in a else None
         return {
             "released": backend.release_outbound(
-                _string(a, "id"), _string(a, "claimToken"), not_before
+                string(a, "id"), string(a, "claimToken"), not_before
             )
         }
 
     def record(a: dict[str, Any]) -> dict[str, int]:
         messages = [_item(InboundMessage, m) for m in _array(a, "messages")]
         statuses = [_item(StatusUpdate, s) for s in _array(a, "statuses")]
-        recorded = backend.record_webhook(_label(a, "accountId"), messages, statuses)
+        agent_id = string(a, "agentId") if "agentId" in a else None
+        recorded = backend.record_webhook(label(a, "accountId"), messages, statuses, agent_id)
         return recorded.model_dump()
 
     def outbox(a: dict[str, Any]) -> list[dict[str, Any]]:
         status = a.get("status")
         if status is not None and status not in OUTBOUND_STATUSES:
             raise ServiceError("INVALID_ARGUMENT", f"status: one of {OUTBOUND_STATUSES}")
-        return backend.list_outbox(_label(a, "accountId"), status)
+        return backend.list_outbox(label(a, "accountId"), status)
 
     return {
         "service/whatsapp:acquireLease": ("mutation", acquire, {"accountId", "ownerId", "ttlMs"}),
@@ -123,12 +124,12 @@ def whatsapp_functions(backend: LocalBackend) -> dict[str, Function]:
         "service/whatsapp:recordWebhook": (
             "mutation",
             record,
-            {"accountId", "messages", "statuses"},
+            {"accountId", "messages", "statuses", "agentId"},
         ),
         "service/whatsapp:listOutbox": ("query", outbox, {"accountId", "status"}),
         "service/whatsapp:listInbox": (
             "query",
-            lambda a: backend.list_inbox(_label(a, "accountId")),
+            lambda a: backend.list_inbox(label(a, "accountId")),
             {"accountId"},
         ),
     }
@@ -143,22 +144,22 @@ def _lease(lease: Lease, *, held: bool) -> dict[str, Any]:
     return row
 
 
-def _string(args: dict[str, Any], name: str) -> str:
+def string(args: dict[str, Any], name: str) -> str:
     value = args.get(name)
     if not isinstance(value, str):
         raise ServiceError("INVALID_ARGUMENT", f"{name}: expected a string, got {value!r}")
     return value
 
 
-def _label(args: dict[str, Any], name: str) -> str:
-    value = _string(args, name)
+def label(args: dict[str, Any], name: str) -> str:
+    value = string(args, name)
     problem = label_problem(value)
     if problem is not None:
         raise ServiceError("INVALID_ARGUMENT", f"{name}: {problem}")
     return value
 
 
-def _whole(args: dict[str, Any], name: str, low: int, high: int | None = None) -> int:
+def whole(args: dict[str, Any], name: str, low: int, high: int | None = None) -> int:
     value = args.get(name)
     whole = isinstance(value, int | float) and not isinstance(value, bool)
     if not whole or value != int(value) or value < low or (high is not None and value > high):

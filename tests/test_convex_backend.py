@@ -19,12 +19,14 @@ from agent_runtime.errors import (
     FunctionError,
     InvalidAgent,
     InvalidArgument,
+    JobNotFound,
     MessageNotFound,
     ServiceKeyRejected,
     WorkerIdTaken,
 )
 from backend.convex import CLIENT_VERSION, ConvexBackend
 from messages import Heartbeat
+from messages.jobs import Conversation, Usage
 from messages.whatsapp import InboundMessage, StatusUpdate
 from tests.conftest import SECRET
 from tests.fake_convex import FakeConvex
@@ -296,3 +298,37 @@ def test_every_whatsapp_call_round_trips_and_fencing_maps_to_typed_errors(
     stored = convex.get_lease("acct")
     assert stored is not None
     assert (stored.owner_id, stored.epoch) == ("owner-b", 2)
+
+
+def test_every_job_call_round_trips_and_maps_its_errors(convex: ConvexBackend) -> None:
+    agent = convex.create_agent("worker-bee", 5000)
+    chat = Conversation(channel="whatsapp", account_id="acct", contact="+15550001")
+    job_id = convex.enqueue_job(agent.id, "hello?", chat, idempotency_key="k1")
+    assert convex.enqueue_job(agent.id, "hello?", chat, idempotency_key="k1") == job_id
+    with pytest.raises(AgentNotFound):
+        convex.enqueue_job("no-such-agent", "x")
+    (job,) = convex.claim_jobs([agent.id], "w1", limit=5, lock_ms=60_000, max_attempts=3)
+    assert (job.id, job.input, job.conversation) == (
+        job_id,
+        "hello?",
+        chat.model_copy(update={"contact": "15550001"}),
+    )
+    assert convex.renew_job(job_id, job.claim_token, 60_000) > 0
+    with pytest.raises(Fenced):
+        convex.renew_job(job_id, "stale-token", 60_000)
+    usage = Usage(input_tokens=1, output_tokens=2)
+    reply = convex.complete_job(job_id, job.claim_token, result="hi!", usage=usage, steps=1)
+    assert reply is not None
+    assert [m["id"] for m in convex.list_outbox("acct")] == [reply]
+    turns = convex.conversation_history(chat.model_copy(update={"contact": "15550001"}), 10)
+    assert [t.role for t in turns] == ["user", "assistant"]
+    assert convex.get_job(job_id)["status"] == "done"
+    assert [j["id"] for j in convex.list_jobs(agent.id, "done")] == [job_id]
+    with pytest.raises(JobNotFound):
+        convex.get_job("no-such-job")
+    second = convex.enqueue_job(agent.id, "again")
+    (claimed,) = convex.claim_jobs([agent.id], "w1", limit=5, lock_ms=60_000, max_attempts=3)
+    assert (
+        convex.fail_job(second, claimed.claim_token, error="boom", retry_at_ms=None, max_attempts=3)
+        == "failed"
+    )

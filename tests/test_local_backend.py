@@ -11,18 +11,7 @@ import pytest
 from agent_runtime.errors import WorkerIdTaken
 from backend.local import MAX_CLOCK_AHEAD_MS, SCHEMA_VERSION, LocalBackend
 from messages import Heartbeat
-
-T0 = 1_700_000_000_000
-
-
-class FakeClock:
-    """Epoch milliseconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> int:
-        return self.now
+from tests.conftest import T0, FakeClock
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import { v } from "convex/values";
  * that joins, leaves or expires. `sweeps` holds at most one document: the pending
  * presence sweep (see ../lib/model.ts). `workers` holds the worker registrations.
  * The `whatsapp*` tables hold the sender lease of each WhatsApp account, the outbound
- * queue, and what webhooks delivered (see ../lib/whatsapp.ts).
+ * queue, and what webhooks delivered (see ../lib/whatsapp.ts). `jobs` holds the agents'
+ * job queue, and `turns` the history of each conversation (see ../lib/jobs.ts).
  */
 export default defineSchema({
   agents: defineTable({
@@ -131,4 +132,58 @@ export default defineSchema({
     /** Epoch ms: when the backend recorded it. */
     recordedAt: v.number(),
   }).index("by_providerId_status", ["providerId", "status"]),
+  jobs: defineTable({
+    agentId: v.id("agents"),
+    /** The conversation the job continues, if any. */
+    conversation: v.optional(
+      v.object({ channel: v.literal("whatsapp"), accountId: v.string(), contact: v.string() }),
+    ),
+    /** `whatsapp:<accountId>:<contact>` for a job with a conversation (see `conversationKey`). */
+    conversationKey: v.optional(v.string()),
+    input: v.string(),
+    status: v.union(
+      v.literal("queued"),
+      v.literal("running"),
+      v.literal("done"),
+      v.literal("failed"),
+      v.literal("dead"),
+    ),
+    /** Failed runs, and claim locks that expired. */
+    attempts: v.number(),
+    /** Epoch ms: a queued job is not claimed before (it holds back its agent's later jobs). */
+    notBefore: v.number(),
+    /** Epoch ms: while `running`, the claim's lock lasts until then. */
+    lockedUntil: v.optional(v.number()),
+    /**
+     * The latest claim's token: current while `running`; kept after `complete` (so that
+     * a repeat is recognized) and `fail`; removed when its lock expires.
+     */
+    claimToken: v.optional(v.string()),
+    /** The worker of the latest claim. */
+    workerId: v.optional(v.string()),
+    result: v.optional(v.string()),
+    /** The latest failure (`fail`, or an expired lock), cut to 500 characters. */
+    error: v.optional(v.string()),
+    usage: v.optional(v.object({ inputTokens: v.number(), outputTokens: v.number() })),
+    steps: v.optional(v.number()),
+    /** The outbound WhatsApp message `complete` queued as the reply. */
+    replyId: v.optional(v.id("whatsappOutbound")),
+    idempotencyKey: v.optional(v.string()),
+    createdAt: v.number(),
+    updatedAt: v.number(),
+  })
+    .index("by_agentId", ["agentId"])
+    .index("by_status", ["status"])
+    .index("by_agentId_status", ["agentId", "status"])
+    .index("by_conversationKey_status", ["conversationKey", "status"])
+    .index("by_idempotencyKey", ["idempotencyKey"]),
+  turns: defineTable({
+    /** `whatsapp:<accountId>:<contact>`, as on the job. */
+    conversationKey: v.string(),
+    jobId: v.id("jobs"),
+    role: v.union(v.literal("user"), v.literal("assistant")),
+    content: v.string(),
+    /** Epoch ms: when the job that added the turn completed. */
+    at: v.number(),
+  }).index("by_conversationKey", ["conversationKey"]),
 });

@@ -15,6 +15,7 @@ import type {
 } from "convex/server";
 import type * as lib_args from "../lib/args.js";
 import type * as lib_errors from "../lib/errors.js";
+import type * as lib_jobs from "../lib/jobs.js";
 import type * as lib_model from "../lib/model.js";
 import type * as lib_scheduled from "../lib/scheduled.js";
 import type * as lib_serviceKey from "../lib/serviceKey.js";
@@ -22,6 +23,7 @@ import type * as lib_whatsapp from "../lib/whatsapp.js";
 import type * as lib_workers from "../lib/workers.js";
 import type * as service_actions from "../service/actions.js";
 import type * as service_agents from "../service/agents.js";
+import type * as service_jobs from "../service/jobs.js";
 import type * as service_presence from "../service/presence.js";
 import type * as service_whatsapp from "../service/whatsapp.js";
 import type * as service_workers from "../service/workers.js";
@@ -37,6 +39,7 @@ import type * as service_workers from "../service/workers.js";
 declare const fullApi: ApiFromModules<{
   "lib/args": typeof lib_args;
   "lib/errors": typeof lib_errors;
+  "lib/jobs": typeof lib_jobs;
   "lib/model": typeof lib_model;
   "lib/scheduled": typeof lib_scheduled;
   "lib/serviceKey": typeof lib_serviceKey;
@@ -44,6 +47,7 @@ declare const fullApi: ApiFromModules<{
   "lib/workers": typeof lib_workers;
   "service/actions": typeof service_actions;
   "service/agents": typeof service_agents;
+  "service/jobs": typeof service_jobs;
   "service/presence": typeof service_presence;
   "service/whatsapp": typeof service_whatsapp;
   "service/workers": typeof service_workers;

@@ -26,6 +26,22 @@ export const MAX_TEXT_LENGTH = 4096;
 /** Most inbound messages, and most statuses, in one webhook delivery. */
 export const MAX_WEBHOOK_ITEMS = 1000;
 
+/** Longest job `input` and `result`, in characters (Unicode code points). */
+export const MAX_JOB_TEXT_LENGTH = 32768;
+
+/** Most agent ids in one job claim (`agentIds`). */
+export const MAX_CLAIM_AGENTS = 1000;
+
+/** Most turns one `service/jobs:history` returns (`limit`). */
+export const MAX_HISTORY_TURNS = 200;
+
+/** Statuses of a job (`queued` -> `running` -> `done`, `failed` or `dead`). */
+export const JOB_STATUSES = ["queued", "running", "done", "failed", "dead"] as const;
+export type JobStatus = (typeof JOB_STATUSES)[number];
+
+/** Channels a job's conversation can be on. */
+export const CHANNELS = ["whatsapp"] as const;
+
 /** Statuses of an outbound WhatsApp message (`queued` -> `sending` -> `sent` -> ...). */
 export const OUTBOUND_STATUSES = [
   "queued",
@@ -44,6 +60,19 @@ export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
 /** C0 and C1 control characters (and DEL): a newline, a tab or an ESC would forge log lines. */
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 const CONTROL_GLOBAL = new RegExp(CONTROL.source, "g");
+
+/**
+ * The conversation a job continues: a WhatsApp contact (`contact`: digits, no "+") of
+ * account `accountId`.
+ */
+export type Conversation = {
+  channel: (typeof CHANNELS)[number];
+  accountId: string;
+  contact: string;
+};
+
+/** Tokens a job's turn used (`service/jobs:complete`). */
+export type Usage = { inputTokens: number; outputTokens: number };
 
 /** One heartbeat: the agent was alive at `atMs` (epoch milliseconds). */
 export type Beat = { agentId: string; atMs: number };
@@ -145,6 +174,11 @@ export function count(field: string, value: unknown): number {
   return wholeNumberIn(field, value, 1, MAX_COUNT);
 }
 
+/** A whole number from 1 to 200 (the `limit` of `service/jobs:history`). */
+export function historyLimit(field: string, value: unknown): number {
+  return wholeNumberIn(field, value, 1, MAX_HISTORY_TURNS);
+}
+
 /** A whole number >= 1 (a lease `epoch`). */
 export function epoch(field: string, value: unknown): number {
   return wholeNumberIn(field, value, 1, Number.MAX_SAFE_INTEGER);
@@ -155,25 +189,42 @@ export function epoch(field: string, value: unknown): number {
  * digits, without the "+".
  */
 export function phoneNumber(field: string, value: unknown): string {
-  if (typeof value !== "string" || !/^\+?[0-9]{7,15}$/.test(value)) {
+  const digits = phoneDigits(value);
+  if (digits === null) {
     invalid(field, 'a string of 7 to 15 digits with an optional leading "+"', value);
   }
+  return digits;
+}
+
+/** The digits of a phone number (see `phoneNumber`), or null if `value` is none. */
+export function phoneDigits(value: unknown): string | null {
+  if (typeof value !== "string" || !/^\+?[0-9]{7,15}$/.test(value)) return null;
   return value.startsWith("+") ? value.slice(1) : value;
 }
 
 /**
- * A message text of `min` to 4096 characters (Unicode code points); any characters,
- * since a message may have several lines.
+ * A message text of `min` to `max` (default 4096) characters (Unicode code points); any
+ * characters, since a message may have several lines.
  */
-export function text(field: string, value: unknown, min = 1): string {
+export function text(field: string, value: unknown, min = 1, max = MAX_TEXT_LENGTH): string {
   if (
     typeof value !== "string" ||
     value.length < min ||
-    (value.length > MAX_TEXT_LENGTH && [...value].length > MAX_TEXT_LENGTH)
+    (value.length > max && [...value].length > max)
   ) {
-    invalid(field, `a string of ${min} to ${MAX_TEXT_LENGTH} characters`, value);
+    invalid(field, `a string of ${min} to ${max} characters`, value);
   }
   return value;
+}
+
+/** A job's `input`: 1 to 32768 characters. */
+export function jobInput(field: string, value: unknown): string {
+  return text(field, value, 1, MAX_JOB_TEXT_LENGTH);
+}
+
+/** A job's `result`: 0 to 32768 characters. */
+export function jobResult(field: string, value: unknown): string {
+  return text(field, value, 0, MAX_JOB_TEXT_LENGTH);
 }
 
 /** One of `options` (a status). */
@@ -184,12 +235,17 @@ export function oneOf<T extends string>(field: string, value: unknown, options: 
   return value as T;
 }
 
-/** A whole number >= 0 (epoch milliseconds). */
-export function epochMs(field: string, value: unknown): number {
+/** A whole number >= 0 (a count: `steps`, token counts). */
+export function wholeNumber(field: string, value: unknown): number {
   if (typeof value !== "number" || !Number.isInteger(value) || value < 0) {
     invalid(field, "a whole number >= 0", value);
   }
   return value;
+}
+
+/** A whole number >= 0 (epoch milliseconds). */
+export function epochMs(field: string, value: unknown): number {
+  return wholeNumber(field, value);
 }
 
 /** `undefined` (the argument was left out) or what `check` accepts. */
@@ -241,9 +297,38 @@ export function beats(field: string, value: unknown): Beat[] {
   });
 }
 
-/** An array of strings (`agentIds`). */
+/** An array of strings (`agentIds` of `markOffline`). */
 export function stringArray(field: string, value: unknown): string[] {
   return arrayOf(field, value, "strings", string);
+}
+
+/** An array of 1 to 1000 strings (`agentIds` of a job claim). */
+export function claimAgentIds(field: string, value: unknown): string[] {
+  const ids = arrayOf(field, value, "strings", string, MAX_CLAIM_AGENTS);
+  if (ids.length === 0) invalid(field, `an array of 1 to ${MAX_CLAIM_AGENTS} strings`, value);
+  return ids;
+}
+
+/**
+ * A job's conversation `{channel: "whatsapp", accountId: label, contact: 7 to 15 digits,
+ * an optional leading "+" dropped}`.
+ */
+export function conversation(field: string, value: unknown): Conversation {
+  const c = objectWith(field, value, ["channel", "accountId", "contact"]);
+  return {
+    channel: oneOf(`${field}.channel`, c.channel, CHANNELS),
+    accountId: label(`${field}.accountId`, c.accountId),
+    contact: phoneNumber(`${field}.contact`, c.contact),
+  };
+}
+
+/** `{inputTokens, outputTokens}`, whole numbers >= 0 (a job's `usage`). */
+export function usage(field: string, value: unknown): Usage {
+  const u = objectWith(field, value, ["inputTokens", "outputTokens"]);
+  return {
+    inputTokens: wholeNumber(`${field}.inputTokens`, u.inputTokens),
+    outputTokens: wholeNumber(`${field}.outputTokens`, u.outputTokens),
+  };
 }
 
 /**

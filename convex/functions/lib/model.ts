@@ -155,10 +155,15 @@ export async function bumpVersion(ctx: MutationCtx): Promise<void> {
   else await ctx.db.insert("counters", { name: AGENTS_COUNTER, value: 1 });
 }
 
-/** The agent with this id, or `NOT_FOUND` (also for ids that are not agent ids). */
-async function requireAgent(ctx: MutationCtx, agentId: string): Promise<Doc<"agents">> {
+/** The agent with this id, or null (also for strings that are not agent ids). */
+export async function findAgent(ctx: QueryCtx, agentId: string): Promise<Doc<"agents"> | null> {
   const id = ctx.db.normalizeId("agents", agentId);
-  const agent = id && (await ctx.db.get(id));
+  return id && (await ctx.db.get(id));
+}
+
+/** The agent with this id, or `NOT_FOUND` (also for ids that are not agent ids). */
+export async function requireAgent(ctx: QueryCtx, agentId: string): Promise<Doc<"agents">> {
+  const agent = await findAgent(ctx, agentId);
   if (!agent) throw contractError("NOT_FOUND", `no agent with id ${JSON.stringify(agentId)}`);
   return agent;
 }

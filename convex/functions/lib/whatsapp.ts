@@ -74,9 +74,14 @@ function toLease(row: Doc<"whatsappLeases">): Lease {
   return { accountId, ownerId, epoch, expiresAt };
 }
 
-/** `error` cut to `MAX_ERROR_LENGTH` code points. */
-function clip(error: string): string {
-  return error.length <= MAX_ERROR_LENGTH ? error : [...error].slice(0, MAX_ERROR_LENGTH).join("");
+/** `text` cut to `max` characters (Unicode code points). */
+export function cut(text: string, max: number): string {
+  return text.length <= max ? text : [...text].slice(0, max).join("");
+}
+
+/** `error` cut to `MAX_ERROR_LENGTH` code points (stored errors of messages and jobs). */
+export function clip(error: string): string {
+  return cut(error, MAX_ERROR_LENGTH);
 }
 
 function fenced(message: string): never {
@@ -396,10 +401,13 @@ export async function release(
  * unknown wamid is recorded and changes nothing, until `markSent` sets that wamid.
  * Returns how many messages and statuses were new, and how many items were duplicates.
  * Nothing is ever deleted: dedupe needs at least 8 days (Meta retries for up to 7).
+ * `onNewMessage`, if given, runs in the same transaction for each message recorded for
+ * the first time (the jobs of `service/whatsapp:recordWebhook` with an `agentId`).
  */
 export async function recordWebhook(
   ctx: MutationCtx,
   fields: { accountId: string; messages: WebhookMessage[]; statuses: WebhookStatus[] },
+  onNewMessage?: (message: WebhookMessage) => Promise<void>,
 ): Promise<WebhookCounts> {
   const { accountId, messages, statuses } = fields;
   const now = Date.now();
@@ -422,6 +430,7 @@ export async function recordWebhook(
       recordedAt: now,
     });
     counts.messages += 1;
+    if (onNewMessage) await onNewMessage({ providerId, from, text, timestamp });
   }
   for (const { providerId, status, timestamp, error } of statuses) {
     const seen = await ctx.db

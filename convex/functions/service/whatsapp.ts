@@ -22,6 +22,7 @@ import {
   webhookMessages,
   webhookStatuses,
 } from "../lib/args";
+import * as jobs from "../lib/jobs";
 import * as whatsapp from "../lib/whatsapp";
 
 /**
@@ -172,18 +173,24 @@ export const release = mutation({
 /**
  * Record a webhook delivery for `accountId`: `messages: [{providerId, from, text,
  * timestamp}]` and `statuses: [{providerId, status, timestamp, error?}]`, at most 1000
- * each, each recorded once. Returns `{messages, statuses, duplicates}`: the new ones of
- * each kind, and the items seen before.
+ * each, each recorded once. With `agentId?`, each message recorded for the first time
+ * also queues a job for that agent in its WhatsApp conversation (none for an unknown
+ * agent; see `jobs.inboundRouting`). Returns `{messages, statuses, duplicates}`: the new
+ * ones of each kind, and the items seen before.
  */
 export const recordWebhook = mutation({
   args: v.any(),
   handler: async (ctx, args): Promise<whatsapp.WebhookCounts> => {
-    const a = serviceArgs(args, ["accountId", "messages", "statuses"]);
-    return await whatsapp.recordWebhook(ctx, {
-      accountId: label("accountId", a.accountId),
+    const a = serviceArgs(args, ["accountId", "messages", "statuses", "agentId"]);
+    const accountId = label("accountId", a.accountId);
+    const fields = {
+      accountId,
       messages: webhookMessages("messages", a.messages),
       statuses: webhookStatuses("statuses", a.statuses),
-    });
+    };
+    const agentId = optional(string, "agentId", a.agentId);
+    const onNewMessage = await jobs.inboundRouting(ctx, agentId, accountId);
+    return await whatsapp.recordWebhook(ctx, fields, onNewMessage);
   },
 });
 

@@ -1,0 +1,167 @@
+/**
+ * Jobs: `service/jobs:*` in ../../../contract/README.md. Every function checks
+ * `serviceKey` first (`UNAUTHORIZED`), then its arguments (`INVALID_ARGUMENT`). Each
+ * agent runs its jobs one at a time in queue order, and each conversation one job at a
+ * time; a stale claim token is `FENCED` (see ../lib/jobs.ts).
+ */
+import { v } from "convex/values";
+import { mutation, query } from "../_generated/server";
+import {
+  claimAgentIds,
+  conversation,
+  count,
+  epochMs,
+  historyLimit,
+  JOB_STATUSES,
+  jobInput,
+  jobResult,
+  label,
+  oneOf,
+  optional,
+  serviceArgs,
+  string,
+  ttlMs,
+  usage,
+  wholeNumber,
+} from "../lib/args";
+import * as jobs from "../lib/jobs";
+
+/**
+ * Queue a job for agent `agentId`: `input` (1 to 32768 characters), optionally in a
+ * `conversation?` `{channel: "whatsapp", accountId, contact}`. Returns `{id}`; the same
+ * id again for a repeated `idempotencyKey?`; `NOT_FOUND` for an unknown agent.
+ */
+export const enqueue = mutation({
+  args: v.any(),
+  handler: async (ctx, args): Promise<{ id: string }> => {
+    const a = serviceArgs(args, ["agentId", "input", "conversation", "idempotencyKey"]);
+    return await jobs.enqueue(ctx, {
+      agentId: string("agentId", a.agentId),
+      input: jobInput("input", a.input),
+      conversation: optional(conversation, "conversation", a.conversation),
+      idempotencyKey: optional(label, "idempotencyKey", a.idempotencyKey),
+    });
+  },
+});
+
+/**
+ * Claim up to `limit` (1 to 100) jobs of the agents `agentIds` (1 to 1000) for worker
+ * `workerId`, each locked for `lockMs` (1000 to 600000): each agent's next job, oldest
+ * first, unless its conversation has a running job; expired locks count an attempt
+ * first, and make a job dead at `maxAttempts` (1 to 100). Returns
+ * `[{id, agentId, input, conversation, attempts, claimToken}]`.
+ */
+export const claim = mutation({
+  args: v.any(),
+  handler: async (ctx, args): Promise<jobs.ClaimedJob[]> => {
+    const a = serviceArgs(args, ["agentIds", "workerId", "limit", "lockMs", "maxAttempts"]);
+    return await jobs.claim(ctx, {
+      agentIds: claimAgentIds("agentIds", a.agentIds),
+      workerId: label("workerId", a.workerId),
+      limit: count("limit", a.limit),
+      lockMs: ttlMs("lockMs", a.lockMs),
+      maxAttempts: count("maxAttempts", a.maxAttempts),
+    });
+  },
+});
+
+/**
+ * Extend the lock of running job `id` to `lockMs` (1000 to 600000) from now. Returns
+ * `{lockedUntil}`; `FENCED` unless `claimToken` is current, `NOT_FOUND` for an unknown id.
+ */
+export const renew = mutation({
+  args: v.any(),
+  handler: async (ctx, args): Promise<{ lockedUntil: number }> => {
+    const a = serviceArgs(args, ["id", "claimToken", "lockMs"]);
+    return await jobs.renew(ctx, {
+      id: string("id", a.id),
+      claimToken: label("claimToken", a.claimToken),
+      lockMs: ttlMs("lockMs", a.lockMs),
+    });
+  },
+});
+
+/**
+ * Finish running job `id` with `result` (0 to 32768 characters), `usage`
+ * `{inputTokens, outputTokens}` and `steps` (whole numbers >= 0); a conversation gets the
+ * turn in its history, and a WhatsApp one the reply queued once. Returns `{status:
+ * "done", replyId}`; `FENCED` unless `claimToken` is current, `NOT_FOUND` for an unknown
+ * id. A repeat answers as the first call did.
+ */
+export const complete = mutation({
+  args: v.any(),
+  handler: async (ctx, args): Promise<jobs.Completed> => {
+    const a = serviceArgs(args, ["id", "claimToken", "result", "usage", "steps"]);
+    return await jobs.complete(ctx, {
+      id: string("id", a.id),
+      claimToken: label("claimToken", a.claimToken),
+      result: jobResult("result", a.result),
+      usage: usage("usage", a.usage),
+      steps: wholeNumber("steps", a.steps),
+    });
+  },
+});
+
+/**
+ * Count a failed attempt of running job `id` with `error`: queued again at `retryAt?`
+ * while attempts remain below `maxAttempts` (1 to 100), dead when none remain, failed
+ * without `retryAt`. Returns `{status}`; `FENCED` unless `claimToken` is current,
+ * `NOT_FOUND` for an unknown id.
+ */
+export const fail = mutation({
+  args: v.any(),
+  handler: async (ctx, args): Promise<{ status: "queued" | "failed" | "dead" }> => {
+    const a = serviceArgs(args, ["id", "claimToken", "error", "retryAt", "maxAttempts"]);
+    return await jobs.fail(ctx, {
+      id: string("id", a.id),
+      claimToken: label("claimToken", a.claimToken),
+      error: string("error", a.error),
+      retryAt: optional(epochMs, "retryAt", a.retryAt),
+      maxAttempts: count("maxAttempts", a.maxAttempts),
+    });
+  },
+});
+
+/**
+ * The job `id`: `{id, agentId, conversation, input, status, attempts, notBefore,
+ * lockedUntil, workerId, result, error, usage, steps, createdAt, updatedAt}` (null for
+ * what is unset); `NOT_FOUND` for an unknown id.
+ */
+export const get = query({
+  args: v.any(),
+  handler: async (ctx, args): Promise<jobs.Job> => {
+    const a = serviceArgs(args, ["id"]);
+    return await jobs.get(ctx, string("id", a.id));
+  },
+});
+
+/**
+ * The jobs of agent `agentId?` (of every agent if not given) with `status?` (any if not
+ * given), oldest first; at most 1000 until the contract adds pagination.
+ */
+export const list = query({
+  args: v.any(),
+  handler: async (ctx, args): Promise<jobs.Job[]> => {
+    const a = serviceArgs(args, ["agentId", "status"]);
+    return await jobs.list(ctx, {
+      agentId: optional(string, "agentId", a.agentId),
+      status: optional((field, value) => oneOf(field, value, JOB_STATUSES), "status", a.status),
+    });
+  },
+});
+
+/**
+ * The last `limit` (1 to 200) turns of `conversation`, oldest first:
+ * `[{role: "user" | "assistant", content, jobId, at}]`.
+ */
+export const history = query({
+  args: v.any(),
+  handler: async (ctx, args): Promise<jobs.Turn[]> => {
+    const a = serviceArgs(args, ["conversation", "limit"]);
+    return await jobs.history(
+      ctx,
+      conversation("conversation", a.conversation),
+      historyLimit("limit", a.limit),
+    );
+  },
+});

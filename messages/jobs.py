@@ -1,0 +1,51 @@
+"""Job values: what an agent is asked to do, as claimed, and the conversation it
+continues. Semantics in contract/README.md ("Jobs")."""
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from messages._base import Message
+from messages.agent import EpochMs
+from messages.text import Label
+from messages.whatsapp import PHONE_NUMBER_PATTERN
+
+MAX_INPUT_CHARS = 32_768
+"""The longest job input (and result) the backend stores."""
+
+JobStatus = Literal["queued", "running", "done", "failed", "dead"]
+
+
+class Conversation(Message):
+    """Where a job's turns belong: a WhatsApp contact of an account."""
+
+    channel: Literal["whatsapp"]
+    account_id: Label
+    contact: Annotated[str, Field(pattern=PHONE_NUMBER_PATTERN)]
+
+
+class Usage(Message):
+    """Model tokens a job used."""
+
+    input_tokens: Annotated[int, Field(ge=0)]
+    output_tokens: Annotated[int, Field(ge=0)]
+
+
+class ClaimedJob(Message):
+    """A job claimed for running, under `claim_token`."""
+
+    id: Annotated[str, Field(min_length=1)]
+    agent_id: Annotated[str, Field(min_length=1)]
+    input: Annotated[str, Field(min_length=1, max_length=MAX_INPUT_CHARS)]
+    conversation: Conversation | None
+    attempts: Annotated[int, Field(ge=0)]
+    claim_token: Annotated[str, Field(min_length=1)]
+
+
+class Turn(Message):
+    """One entry of a conversation's history."""
+
+    role: Literal["user", "assistant"]
+    content: str
+    job_id: str
+    at: EpochMs
