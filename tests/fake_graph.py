@@ -184,6 +184,9 @@ class FakeGraph:
         if self._server is not None:
             raise RuntimeError("FakeGraph already started")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # Accepted sockets inherit it: without it every kept-alive answer waited ~40 ms
+        # for the client's delayed ACK (as in docs/performance.md, "The Convex adapter").
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
         port = sock.getsockname()[1]

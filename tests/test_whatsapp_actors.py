@@ -314,3 +314,22 @@ def test_a_stop_during_a_slow_send_leaves_the_lease_to_expire(
     assert lease.owner_id == "A"
     assert lease.expires_at > db.clock()  # not released
     finish.set()
+
+
+def test_throttling_holds_back_the_account_without_charging_attempts(
+    db: LocalBackend, scheduler: Scheduler
+) -> None:
+    throttle = iter([True, True])
+
+    def answer(to: str, text: str) -> SendResult:
+        if next(throttle, False):
+            return SendResult.retry("error 130429: rate limit", 0.2, per_account=True)
+        return SendResult.sent(f"wamid.{text}")
+
+    queue(db, 3)
+    a = Worker(db, scheduler, "A", ScriptedTransport(answer))
+    wait_for(lambda: set(statuses(db).values()) == {"sent"}, timeout_s=5, what="all sent")
+    assert [row["attempts"] for row in db.list_outbox(ACCOUNT)] == [0, 0, 0]
+    times = [at for at, _, _ in a.transport.sends]
+    assert times[1] - times[0] >= 0.2  # the whole account waited Meta's Retry-After
+    a.lease.stop()

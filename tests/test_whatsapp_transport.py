@@ -24,7 +24,8 @@ PHONE_NUMBER_ID = "109876543210"
 TO = "+15550001111"
 
 # The table, written out here (not read from the module) so a wrong constant fails.
-ACCOUNT_RETRY = [4, 80007, 130429, 1, 2, 131000, 131016, 133004]
+THROTTLED = [4, 80007, 130429]
+TEMPORARY = [1, 2, 131000, 131016, 133004]
 PERMANENT = [100, 131008, 131009, 131021, 131026, 131047, 131051, 132000, 132001, 132999]
 PAUSE = [0, 190, 10, 200, 250, 299, 368, 131031, 131042]
 UNKNOWN = [3, 300, 999, 131999, 133000, 470, 2_000_000]
@@ -33,11 +34,21 @@ UNKNOWN = [3, 300, 999, 131999, 133000, 470, 2_000_000]
 # --- classify -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", ACCOUNT_RETRY)
-def test_a_rate_limit_or_temporary_code_is_retried_for_the_account(code: int) -> None:
+@pytest.mark.parametrize("code", THROTTLED)
+def test_a_rate_limit_code_holds_back_the_whole_account(code: int) -> None:
     result = classify(400, code, "try later")
-    assert result.kind == "retry"
-    assert result.per_recipient is False
+    assert (result.kind, result.per_account, result.per_recipient) == ("retry", True, False)
+    assert f"error {code}" in result.reason
+
+
+def test_a_429_without_a_code_holds_back_the_whole_account() -> None:
+    assert classify(429, None, "slow down").per_account
+
+
+@pytest.mark.parametrize("code", TEMPORARY)
+def test_a_temporary_code_is_retried_for_that_message(code: int) -> None:
+    result = classify(400, code, "try later")
+    assert (result.kind, result.per_account, result.per_recipient) == ("retry", False, False)
     assert f"error {code}" in result.reason
 
 
@@ -66,8 +77,8 @@ def test_an_unknown_code_is_retried(code: int) -> None:
     )
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
-def test_a_rate_limit_or_server_error_without_a_code_is_retried(status: int) -> None:
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_server_error_without_a_code_is_retried(status: int) -> None:
     result = classify(status, None, "Service Unavailable")
     assert result == SendResult.retry(f"HTTP {status}: Service Unavailable")
 
@@ -190,7 +201,7 @@ def test_a_retry_after_that_is_a_date_is_ignored(
     graph: FakeGraph, transport: CloudTransport
 ) -> None:
     graph.answer_next(Answer(429, {}, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}))
-    assert transport.send_text(TO, "hi") == SendResult.retry("HTTP 429: {}")
+    assert transport.send_text(TO, "hi") == SendResult.retry("HTTP 429: {}", per_account=True)
 
 
 def test_a_503_without_json_is_retried(graph: FakeGraph, transport: CloudTransport) -> None:

@@ -63,6 +63,9 @@ BACKEND_RETRY_S = 1.0
 RETRY_BACKOFF = Backoff(min_s=2.0, max_s=300.0, random_factor=0.5)
 """Before attempt n + 1 of a message whose send failed n times in a retryable way."""
 
+THROTTLE_BACKOFF = Backoff(min_s=1.0, max_s=60.0, random_factor=0.5)
+"""How long the account waits after throttling answer n (without a Retry-After)."""
+
 STEP_TIMER = "step"
 STATUS_NAME = "whatsapp"
 
@@ -110,6 +113,8 @@ class WhatsAppActor(SupervisedActor):
         self._next_send_s = 0.0
         self._paused_until_s: float | None = None
         self._paced_until_ms: dict[str, int] = {}
+        self._throttled = 0
+        """Throttling answers in a row, for the account's backoff."""
         self._fenced = False
         # Counts since the process started, across senders (lease handovers, restarts).
         previous = status_board.get(STATUS_NAME)
@@ -223,9 +228,15 @@ class WhatsAppActor(SupervisedActor):
             assert result.wamid is not None
             self._backend.mark_sent(message.id, message.claim_token, epoch, result.wamid)
             self._sent += 1
+            self._throttled = 0
             self._problem(None)
         elif result.kind == "pause":
-            self._pause(result.reason, message)
+            self._pause(result.reason, message, self._options.pause_retry_s)
+        elif result.per_account:
+            # Throttled: the whole account waits, and no message is charged an attempt.
+            delay_s = result.retry_after_s or THROTTLE_BACKOFF.delay_s(self._throttled)
+            self._throttled += 1
+            self._pause(result.reason, message, delay_s)
         else:
             retry_at_ms: int | None = None
             if result.kind == "retry":
@@ -246,10 +257,11 @@ class WhatsAppActor(SupervisedActor):
             self._problem(f"message {message.id}: {result.reason} ({status})")
         self._publish()
 
-    def _pause(self, reason: str, message: ClaimedMessage) -> None:
-        """The account cannot send (token, permissions, policy): stop for a while."""
-        self._paused_until_s = monotonic_s() + self._options.pause_retry_s
-        self._problem(f"sending paused for {self._options.pause_retry_s:.0f} s: {reason}")
+    def _pause(self, reason: str, message: ClaimedMessage, pause_s: float) -> None:
+        """The account cannot send now (token, permissions, policy, throttling): stop for
+        `pause_s`, giving the message and the batch back uncharged."""
+        self._paused_until_s = monotonic_s() + pause_s
+        self._problem(f"sending paused for {pause_s:.1f} s: {reason}")
         self._release(message)
         self._give_back()
 

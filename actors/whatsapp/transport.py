@@ -107,6 +107,9 @@ class SendResult:
     reason: str = ""
     retry_after_s: float | None = None
     per_recipient: bool = False
+    per_account: bool = False
+    """The account is throttled (rate limits, 429): every message must wait, and this one
+    did not fail through any fault of its own."""
     may_have_sent: bool = False
     """The request went out and no answer came back: Meta may have accepted it, so a
     retry may send it twice (counted by the sender)."""
@@ -118,7 +121,12 @@ class SendResult:
 
     @classmethod
     def retry(
-        cls, reason: str, retry_after_s: float | None = None, *, per_recipient: bool = False
+        cls,
+        reason: str,
+        retry_after_s: float | None = None,
+        *,
+        per_recipient: bool = False,
+        per_account: bool = False,
     ) -> "SendResult":
         """Not sent this time; worth another attempt (`reason` is cut and escaped)."""
         return cls(
@@ -126,6 +134,7 @@ class SendResult:
             reason=_reason(reason),
             retry_after_s=retry_after_s,
             per_recipient=per_recipient,
+            per_account=per_account,
         )
 
     @classmethod
@@ -163,8 +172,9 @@ def classify(
             return SendResult.permanent(reason)
         if error_code in PAUSE_CODES or error_code in PAUSE_CODE_RANGE:
             return SendResult.pause(reason)
-    # RATE_LIMIT_CODES, TEMPORARY_CODES, unknown codes, 429, 5xx, transport errors, and
-    # any answer without a code.
+    if error_code in RATE_LIMIT_CODES or (error_code is None and status_code == 429):
+        return SendResult.retry(reason, retry_after_s, per_account=True)
+    # TEMPORARY_CODES, unknown codes, 5xx, transport errors, and any answer without a code.
     return SendResult.retry(reason, retry_after_s)
 
 
