@@ -333,3 +333,26 @@ def test_throttling_holds_back_the_account_without_charging_attempts(
     times = [at for at, _, _ in a.transport.sends]
     assert times[1] - times[0] >= 0.2  # the whole account waited Meta's Retry-After
     a.lease.stop()
+
+
+def test_a_mark_that_fails_is_retried_and_the_message_never_sent_twice(
+    db: LocalBackend, scheduler: Scheduler
+) -> None:
+    class MarksFailTwice:
+        def __init__(self) -> None:
+            self.failures = 2
+
+        def mark_sent(self, *args: Any) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise BackendUnavailable("backend down (test)")
+            db.mark_sent(*args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(db, name)
+
+    queue(db, 3)
+    a = Worker(MarksFailTwice(), scheduler, "A", ScriptedTransport())
+    wait_for(lambda: set(statuses(db).values()) == {"sent"}, timeout_s=10, what="all marked sent")
+    assert sorted(a.transport.texts()) == ["m0", "m1", "m2"]  # each sent once
+    a.lease.stop()

@@ -110,6 +110,10 @@ class WhatsAppActor(SupervisedActor):
         self._batch: collections.deque[ClaimedMessage] = collections.deque()
         self._claimed_s = 0.0
         """When the batch was claimed: its locks run out `claim_lock_ms` later."""
+        self._unrecorded: collections.deque[tuple[ClaimedMessage, SendResult, float]] = (
+            collections.deque()
+        )
+        """Outcomes the backend has not taken yet, with the end of their claim lock."""
         self._next_send_s = 0.0
         self._paused_until_s: float | None = None
         self._paced_until_ms: dict[str, int] = {}
@@ -156,6 +160,9 @@ class WhatsAppActor(SupervisedActor):
         if now_s >= self._held.deadline_s:
             self._give_back()  # past the deadline: another owner may hold the lease soon
             self._later(IDLE_POLL_S)  # a LeaseHeld moves the deadline, or we get stopped
+            return
+        if self._unrecorded and not self._record_unrecorded():
+            self._later(BACKEND_RETRY_S)  # nothing more is sent until the backend knows
             return
         if not self._batch and not self._claim():
             return
@@ -219,8 +226,29 @@ class WhatsAppActor(SupervisedActor):
                 )
             self._fence(str(error))
         except BackendError as error:
-            # The claim lock expires and the message is tried again: counted, not lost.
-            self._problem(f"recording message {message.id} failed: {error}")
+            # Kept and recorded again before anything else is sent (a mark is idempotent
+            # for its claim): dropping it would send the message again at lock expiry.
+            self._problem(f"recording message {message.id} failed, will retry: {error}")
+            self._unrecorded.append((message, result, self._lock_end_s))
+
+    def _record_unrecorded(self) -> bool:
+        """Record the outcomes whose first recording failed; True once none is left.
+        One whose claim lock ran out is dropped (counted: it may be sent again)."""
+        while self._unrecorded:
+            message, result, lock_end_s = self._unrecorded[0]
+            if monotonic_s() >= lock_end_s:
+                metrics.WHATSAPP_UNCERTAIN_SENDS.inc()
+                logger.error("message %s: its outcome was never recorded", message.id)
+            else:
+                try:
+                    self._record(message, result)
+                except Fenced as error:
+                    self._fence(str(error))
+                    return False
+                except BackendError:
+                    return False
+            self._unrecorded.popleft()
+        return True
 
     def _record(self, message: ClaimedMessage, result: SendResult) -> None:
         epoch = self._held.epoch
