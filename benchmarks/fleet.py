@@ -34,20 +34,20 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import workers
+from workers import BenchmarkError, Worker, seconds
 
 from agent_runtime.app.config import DEFAULT_WORKER_HEARTBEAT_MS, DEFAULT_WORKER_TTL_MS
 from agent_runtime.clock import monotonic_s, now_ms
@@ -62,74 +62,14 @@ tighter loop would take the CPU the workers need (2 cores)."""
 AFTER_TERM_WATCH_S = 5.0
 """How long offline flaps are still counted after the moved agents beat again."""
 
-LISTENING = re.compile(r"http=http://[^:]+:(\d+)")
-_idle = threading.Event()
-
-
-class BenchmarkError(Exception):
-    """A wait timed out or a worker misbehaved; the message says which."""
-
 
 def wait_until(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
-    """The first truthy value of `predicate()`, read every POLL_S until `timeout_s`."""
-    deadline = monotonic_s() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if monotonic_s() > deadline:
-            raise BenchmarkError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        _idle.wait(POLL_S)
+    """`workers.wait_until`, reading every POLL_S."""
+    return workers.wait_until(predicate, timeout_s, what, POLL_S)
 
 
 def log(message: str) -> None:
     print(f"fleet: {message}", file=sys.stderr, flush=True)
-
-
-class Worker:
-    """`agent-runtime run` in the background; its log goes to a file beside the database."""
-
-    def __init__(self, name: str, env: dict[str, str], folder: Path) -> None:
-        self.name = name
-        self.log_path = folder / f"{name}.log"
-        with self.log_path.open("w") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent_runtime", "run"],
-                env={**env, "WORKER_ID": name},
-                cwd=folder,  # no .env of the repository
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-            )
-        self.port = int(wait_until(self._port, 30, f"{name}'s HTTP port in its log"))
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
-
-    def _port(self) -> str | None:
-        if self.proc.poll() is not None:
-            raise BenchmarkError(f"{self.name} exited early: {self.log_path.read_text()[-2000:]}")
-        match = LISTENING.search(self.log_path.read_text())
-        return match.group(1) if match else None
-
-    def health(self) -> dict[str, Any]:
-        response = self.client.get("/health")
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
-
-    def agents(self) -> list[dict[str, Any]]:
-        response = self.client.get("/agents")
-        response.raise_for_status()
-        listed: list[dict[str, Any]] = response.json()
-        return listed
-
-    def ids(self) -> set[str]:
-        return {a["id"] for a in self.agents()}
-
-    def stop(self) -> None:
-        """Kill it if it still runs (cleanup); reap it either way."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self.client.close()
 
 
 def worker_env(db_path: Path, args: argparse.Namespace) -> dict[str, str]:
@@ -171,10 +111,6 @@ def sharded(workers: list[Worker], every: set[str]) -> bool:
     running = [w.ids() for w in workers]
     disjoint = all(not (a & b) for a, b in combinations(running, 2))
     return disjoint and set().union(*running) == every
-
-
-def seconds(value: float) -> float:
-    return round(value, 3)
 
 
 def start_fleet(

@@ -50,21 +50,21 @@ import hmac
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import workers
 from pydantic import SecretStr
+from workers import BenchmarkError, Worker, seconds
 
 from actors.whatsapp.lease import STANDBY_RETRY_S
 from actors.whatsapp.sender import BATCH_SIZE
@@ -95,81 +95,14 @@ POLL_S = 0.05
 STEADY_TRIM = 0.1
 """The share of sends left out at each end of the throughput window."""
 
-LISTENING = re.compile(r"http=http://[^:]+:(\d+)")
-_idle = threading.Event()
-
-
-class BenchmarkError(Exception):
-    """A wait timed out or a worker misbehaved; the message says which."""
-
 
 def wait_until(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
-    """The first truthy value of `predicate()`, read every POLL_S until `timeout_s`."""
-    deadline = monotonic_s() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if monotonic_s() > deadline:
-            raise BenchmarkError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        _idle.wait(POLL_S)
+    """`workers.wait_until`, reading every POLL_S."""
+    return workers.wait_until(predicate, timeout_s, what, POLL_S)
 
 
 def log(message: str) -> None:
     print(f"whatsapp: {message}", file=sys.stderr, flush=True)
-
-
-def seconds(value: float) -> float:
-    return round(value, 3)
-
-
-class Worker:
-    """`agent-runtime run` in the background; its log goes to a file beside the database."""
-
-    def __init__(self, name: str, env: dict[str, str], folder: Path) -> None:
-        self.name = name
-        self.log_path = folder / f"{name}.log"
-        with self.log_path.open("w") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent_runtime", "run"],
-                env={**env, "WORKER_ID": name},
-                cwd=folder,  # no .env of the repository
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-            )
-        self.client: httpx.Client | None = None
-        try:
-            port = int(wait_until(self._port, 30, f"{name}'s HTTP port in its log"))
-        except BaseException:
-            self.stop()
-            raise
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-
-    def _port(self) -> str | None:
-        if self.proc.poll() is not None:
-            raise BenchmarkError(f"{self.name} exited early: {self.log_path.read_text()[-2000:]}")
-        match = LISTENING.search(self.log_path.read_text())
-        return match.group(1) if match else None
-
-    def health(self) -> dict[str, Any]:
-        assert self.client is not None
-        response = self.client.get("/health")
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
-
-    def cpu_s(self) -> float:
-        """User + system CPU seconds the process has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        """Kill it if it still runs (cleanup); reap it either way."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        if self.client is not None:
-            self.client.close()
 
 
 def base_env(db_path: Path, role: str) -> dict[str, str]:

@@ -8,8 +8,9 @@ from pydantic import ValidationError
 from backend.local import LocalBackend
 from messages.agent import describe_validation_error
 from messages.jobs import MAX_INPUT_CHARS, Conversation, Usage
-from tests.convex_whatsapp_service import Function, label, string, whole
+from tests.convex_whatsapp_service import Function
 from tests.fake_convex import ServiceError
+from tests.service_args import label, string, whole
 
 JOB_STATUSES = ("queued", "running", "done", "failed", "dead")
 MAX_AGENT_IDS = 1000

@@ -23,10 +23,10 @@ from agent_runtime.errors import (
 from backend.local import LocalBackend
 from messages import AgentRecord, Heartbeat
 from messages.agent import describe_validation_error
-from messages.text import label_problem
 from tests.convex_jobs_service import jobs_functions
 from tests.convex_whatsapp_service import whatsapp_functions
 from tests.fake_convex import ServiceError
+from tests.service_args import label, string
 
 
 class LocalService:
@@ -103,7 +103,7 @@ class LocalService:
     def _update(self, args: dict[str, Any]) -> dict[str, Any]:
         _check_agent_fields(args)  # before looking the agent up, as the functions do
         record = self.backend.update_agent(
-            _string(args, "agentId"),
+            string(args, "agentId"),
             name=args.get("name"),
             heartbeat_interval_ms=args.get("heartbeatIntervalMs"),
             session_key=args.get("sessionKey"),
@@ -111,7 +111,7 @@ class LocalService:
         return _config(record.model_dump(by_alias=True))
 
     def _remove(self, args: dict[str, Any]) -> None:
-        self.backend.remove_agent(_string(args, "agentId"))
+        self.backend.remove_agent(string(args, "agentId"))
 
     def _record_heartbeats(self, args: dict[str, Any]) -> dict[str, list[str]]:
         beats = args.get("beats")
@@ -131,7 +131,7 @@ class LocalService:
             raise ServiceError("INVALID_ARGUMENT", "atMs: more than 60 s ahead of the clock")
 
     def _worker_heartbeat(self, args: dict[str, Any]) -> dict[str, Any]:
-        worker_id, instance_id = _label(args, "workerId"), _label(args, "instanceId")
+        worker_id, instance_id = label(args, "workerId"), label(args, "instanceId")
         ttl_ms = args.get("ttlMs")
         if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int | float):
             raise ServiceError("INVALID_ARGUMENT", f"ttlMs: expected a number, got {ttl_ms!r}")
@@ -144,7 +144,7 @@ class LocalService:
         return {"workers": workers, "expiresAt": self.backend.clock() + int(ttl_ms)}
 
     def _worker_remove(self, args: dict[str, Any]) -> dict[str, bool]:
-        worker_id, instance_id = _label(args, "workerId"), _label(args, "instanceId")
+        worker_id, instance_id = label(args, "workerId"), label(args, "instanceId")
         return {"removed": self.backend.deregister_worker(worker_id, instance_id)}
 
 
@@ -176,21 +176,6 @@ def _check_agent_fields(args: dict[str, Any]) -> None:
 
 def _config(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in ("id", "name", "sessionKey", "heartbeatIntervalMs", "updatedAt")}
-
-
-def _string(args: dict[str, Any], name: str) -> str:
-    value = args.get(name)
-    if not isinstance(value, str):
-        raise ServiceError("INVALID_ARGUMENT", f"{name}: expected a string, got {value!r}")
-    return value
-
-
-def _label(args: dict[str, Any], name: str) -> str:
-    value = _string(args, name)
-    problem = label_problem(value)
-    if problem is not None:
-        raise ServiceError("INVALID_ARGUMENT", f"{name}: {problem}")
-    return value
 
 
 def _heartbeat(beat: Any) -> Heartbeat:

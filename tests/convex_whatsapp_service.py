@@ -8,9 +8,9 @@ from pydantic import ValidationError
 
 from backend.local import LocalBackend
 from messages.agent import describe_validation_error
-from messages.text import label_problem
 from messages.whatsapp import InboundMessage, Lease, StatusUpdate
 from tests.fake_convex import ServiceError
+from tests.service_args import label, string, whole
 
 Function = tuple[str, Callable[[dict[str, Any]], Any], set[str]]
 
@@ -142,30 +142,6 @@ def _lease(lease: Lease, *, held: bool) -> dict[str, Any]:
     else:
         del row["held"]
     return row
-
-
-def string(args: dict[str, Any], name: str) -> str:
-    value = args.get(name)
-    if not isinstance(value, str):
-        raise ServiceError("INVALID_ARGUMENT", f"{name}: expected a string, got {value!r}")
-    return value
-
-
-def label(args: dict[str, Any], name: str) -> str:
-    value = string(args, name)
-    problem = label_problem(value)
-    if problem is not None:
-        raise ServiceError("INVALID_ARGUMENT", f"{name}: {problem}")
-    return value
-
-
-def whole(args: dict[str, Any], name: str, low: int, high: int | None = None) -> int:
-    value = args.get(name)
-    whole = isinstance(value, int | float) and not isinstance(value, bool)
-    if not whole or value != int(value) or value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ServiceError("INVALID_ARGUMENT", f"{name}: a whole number {bounds}, got {value!r}")
-    return int(value)
 
 
 def _array(args: dict[str, Any], name: str) -> list[Any]:
