@@ -54,6 +54,9 @@ DEFAULT_READ_TIMEOUT_S = 10.0
 CLIENT_VERSION = __version__ if re.fullmatch(r"\d+\.\d+\.\d+", __version__) else "0.0.0"
 """Convex refuses a `Convex-Client` header whose version is not semver (400)."""
 
+WEBHOOK_CHUNK = 1000
+"""The most messages (and statuses) `service/whatsapp:recordWebhook` takes in one call."""
+
 UDF_FAILED_STATUS = 560
 """Older deployments answer a failed function with this status instead of 200."""
 
@@ -271,16 +274,31 @@ class ConvexBackend(Backend):
         statuses: Sequence[StatusUpdate],
         agent_id: str | None = None,
     ) -> WebhookRecorded:
-        args: dict[str, Any] = {
-            "accountId": account_id,
-            "messages": [m.model_dump(by_alias=True) for m in messages],
-            "statuses": [u.model_dump(by_alias=True, exclude_none=True) for u in statuses],
-        }
-        if agent_id is not None:
-            args["agentId"] = agent_id
-        # Recording is deduplicated on the provider ids: a repeat records nothing twice.
-        answer = self._call("mutation", "service/whatsapp:recordWebhook", args, idempotent=True)
-        return _parsed(WebhookRecorded, answer)
+        # The functions take at most WEBHOOK_CHUNK items of each kind per call; a larger
+        # delivery goes in several calls, which is safe: recording is deduplicated on the
+        # provider ids, so Meta's retry of a half-recorded delivery records the rest.
+        totals = WebhookRecorded(messages=0, statuses=0, duplicates=0)
+        for start in range(0, max(len(messages), len(statuses), 1), WEBHOOK_CHUNK):
+            args: dict[str, Any] = {
+                "accountId": account_id,
+                "messages": [
+                    m.model_dump(by_alias=True) for m in messages[start : start + WEBHOOK_CHUNK]
+                ],
+                "statuses": [
+                    u.model_dump(by_alias=True, exclude_none=True)
+                    for u in statuses[start : start + WEBHOOK_CHUNK]
+                ],
+            }
+            if agent_id is not None:
+                args["agentId"] = agent_id
+            answer = self._call("mutation", "service/whatsapp:recordWebhook", args, idempotent=True)
+            part = _parsed(WebhookRecorded, answer)
+            totals = WebhookRecorded(
+                messages=totals.messages + part.messages,
+                statuses=totals.statuses + part.statuses,
+                duplicates=totals.duplicates + part.duplicates,
+            )
+        return totals
 
     def list_outbox(
         self, account_id: str, status: OutboundStatus | None = None

@@ -382,7 +382,7 @@ class LocalWhatsApp:
     ) -> list[dict[str, Any]]:
         rows = self._read(
             f"SELECT {_OUTBOX_COLUMNS} FROM whatsapp_outbound WHERE account_id = ?"
-            " AND (? IS NULL OR status = ?) ORDER BY created_at, rowid",
+            " AND (? IS NULL OR status = ?) ORDER BY created_at, rowid LIMIT 1000",
             (account_id, status, status),
         )
         keys = ("id", "to", "text", "status", "attempts", "wamid", "lastError")
@@ -394,7 +394,7 @@ class LocalWhatsApp:
     def list_inbox(self, account_id: str) -> list[dict[str, Any]]:
         rows = self._read(
             "SELECT provider_id, sender, text, received_at FROM whatsapp_inbound"
-            " WHERE account_id = ? ORDER BY received_at, rowid",
+            " WHERE account_id = ? ORDER BY received_at, rowid LIMIT 1000",
             (account_id,),
         )
         return [

@@ -205,12 +205,13 @@ class Backend(abc.ABC):
     def list_outbox(
         self, account_id: str, status: OutboundStatus | None = None
     ) -> list[dict[str, Any]]:
-        """Outbound messages, oldest first, as camelCase rows
+        """Outbound messages, oldest first (at most 1000), as camelCase rows
         (`id, to, text, status, attempts, wamid, lastError, createdAt, updatedAt`)."""
 
     @abc.abstractmethod
     def list_inbox(self, account_id: str) -> list[dict[str, Any]]:
-        """Inbound messages, oldest first (`providerId, from, text, receivedAt`)."""
+        """Inbound messages, oldest first, at most 1000
+        (`providerId, from, text, receivedAt`)."""
 
     # --- jobs ---------------------------------------------------------------------------
 

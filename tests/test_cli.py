@@ -170,3 +170,10 @@ def test_a_dead_workers_agents_show_offline_in_agents_list_and_doctor(
     doctor = cli({**local_env, "PORT": "0"}, "doctor").stdout
     assert "agents: 2 valid, 1 online" in doctor
     assert "workers: 1 live core worker(s): alive" in doctor
+
+
+def test_doctor_reads_the_whatsapp_lease_on_a_sending_role(local_env: dict[str, str]) -> None:
+    env = {**local_env, "PORT": "0", "AGENT_ROLE": "whatsapp-egress", "WHATSAPP_ACCOUNT_ID": "acct"}
+    result = cli(env, "doctor")
+    assert result.returncode == 0, result.stdout
+    assert "ok    whatsapp: acct: no lease yet (console transport)" in result.stdout

@@ -332,3 +332,17 @@ def test_every_job_call_round_trips_and_maps_its_errors(convex: ConvexBackend) -
         convex.fail_job(second, claimed.claim_token, error="boom", retry_at_ms=None, max_attempts=3)
         == "failed"
     )
+
+
+def test_a_delivery_over_the_functions_limit_is_recorded_in_chunks(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    messages = [
+        InboundMessage(provider_id=f"in.{i}", sender="15550001", text=f"m{i}", timestamp=i)
+        for i in range(2500)
+    ]
+    recorded = convex.record_webhook("acct", messages, [])
+    assert (recorded.messages, recorded.duplicates) == (2500, 0)
+    assert len(calls_to(convex_deployment, "service/whatsapp:recordWebhook")) == 3
+    assert len(convex.list_inbox("acct")) == 1000  # the listing is bounded; all are stored
+    assert convex.record_webhook("acct", messages, []).duplicates == 2500

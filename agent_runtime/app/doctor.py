@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from agent_runtime.app.backends import open_backend
 from agent_runtime.app.config import Settings
 from agent_runtime.app.roles import ROLES
-from agent_runtime.clock import monotonic_s
+from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.errors import BackendError, BackendUnavailable, ServiceKeyRejected
 from backend.port import Backend
 from messages import parse_agent_rows
@@ -134,4 +134,31 @@ def _backend_checks(settings: Settings, backend: Backend) -> list[Check]:
             + ("" if workers or not listed.agents else "; agents stay offline until one runs"),
         )
     )
+    if settings.sends_whatsapp:
+        checks.append(_whatsapp_check(settings, backend))
     return checks
+
+
+def _whatsapp_check(settings: Settings, backend: Backend) -> Check:
+    """The lease of WHATSAPP_ACCOUNT_ID as the backend holds it (the WhatsApp functions
+    answer); Meta itself is not called."""
+    account = settings.whatsapp_account_id
+    try:
+        lease = backend.get_lease(account)
+    except BackendError as error:
+        fix = (
+            "deploy the current reference functions"
+            if settings.convex_url
+            else "check LOCAL_DB_PATH"
+        )
+        return Check("whatsapp", False, f"cannot read the lease of {account}: {error}; fix: {fix}")
+    transport = settings.whatsapp_transport
+    if lease is None:
+        return Check("whatsapp", True, f"{account}: no lease yet ({transport} transport)")
+    state = "live" if lease.expires_at > now_ms() else "expired"
+    return Check(
+        "whatsapp",
+        True,
+        f"{account}: lease {state}, owner {lease.owner_id}, epoch {lease.epoch}"
+        f" ({transport} transport)",
+    )
