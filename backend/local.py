@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from agent_runtime.clock import now_ms
 from agent_runtime.errors import AgentNotFound, BackendError, InvalidAgent, WorkerIdTaken
 from backend.local_jobs import JOBS_SCHEMA, LocalJobs
-from backend.local_whatsapp import WHATSAPP_SCHEMA, LocalWhatsApp
+from backend.local_whatsapp import MIGRATE_STATUSES_TO_V3, WHATSAPP_SCHEMA, LocalWhatsApp
 from backend.port import CLOSE_TIMEOUT_S, Backend
 from messages import AgentRecord, Heartbeat
 from messages.agent import PRESENCE_TTL_INTERVALS, describe_validation_error
@@ -34,9 +34,9 @@ BUSY_TIMEOUT_S = 5.0
 MAX_CLOCK_AHEAD_MS = 60_000
 """A heartbeat stamped further ahead of this machine's clock is refused."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """`PRAGMA user_version` of the current schema; version 1 (user_version 0) allowed a
-NULL agent id and had no workers."""
+NULL agent id and had no workers; version 2 kept no error with a delivery status."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -154,12 +154,15 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
     def _migrate(self) -> None:
         db = self._db
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        has_agents = db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agents'"
-        ).fetchone()
-        # Safe to run twice (two processes opening an old file at once): the rebuild
-        # copies whatever `agents` holds.
-        migration = _MIGRATE_FROM_V1 if has_agents and version < SCHEMA_VERSION else ""
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        # Each step runs on a file that has the table it changes; run twice (two processes
+        # opening an old file at once) the rebuild copies whatever `agents` holds, and a
+        # repeated ADD COLUMN fails the second process's start instead of changing data.
+        migration = ""
+        if "agents" in tables and version < 2:
+            migration += _MIGRATE_FROM_V1
+        if "whatsapp_statuses" in tables and version < 3:
+            migration += MIGRATE_STATUSES_TO_V3
         try:
             db.executescript(
                 f"BEGIN IMMEDIATE; {migration} {SCHEMA} {WHATSAPP_SCHEMA} {JOBS_SCHEMA}"

@@ -72,11 +72,20 @@ CREATE TABLE IF NOT EXISTS whatsapp_statuses (
     status TEXT NOT NULL,
     timestamp INTEGER NOT NULL,
     recorded_at INTEGER NOT NULL,
+    error TEXT,
+    account_id TEXT,
     PRIMARY KEY (provider_id, status)
 );
 """
 """Inbound messages and statuses are kept (the dedupe needs at least 8 days: Meta
 retries a failed delivery for up to 7)."""
+
+MIGRATE_STATUSES_TO_V3 = """
+ALTER TABLE whatsapp_statuses ADD COLUMN error TEXT;
+ALTER TABLE whatsapp_statuses ADD COLUMN account_id TEXT;
+"""
+"""Schema version 3: a status keeps its error and account, for a `markSent` that comes
+after it."""
 
 _PROGRESS = {"sent": 1, "delivered": 2, "read": 3}
 _SENT = frozenset(_PROGRESS)
@@ -245,17 +254,17 @@ class LocalWhatsApp:
             )
             # A status webhook can come before this mark: apply what it said.
             earlier = db.execute(
-                "SELECT status, timestamp FROM whatsapp_statuses WHERE provider_id = ?"
-                " ORDER BY recorded_at, rowid",
-                (wamid,),
+                "SELECT s.status, s.timestamp, s.error FROM whatsapp_statuses AS s"
+                " JOIN whatsapp_outbound AS m ON m.id = ?"
+                " WHERE s.provider_id = ? AND s.account_id = m.account_id"
+                " ORDER BY s.recorded_at, s.rowid",
+                (message_id, wamid),
             ).fetchall()
-            for update_status, at_ms in earlier:
-                _apply_status(
-                    db,
-                    StatusUpdate(provider_id=wamid, status=update_status, timestamp=at_ms),
-                    message_id,
-                    now,
+            for update_status, at_ms, error in earlier:
+                update = StatusUpdate(
+                    provider_id=wamid, status=update_status, timestamp=at_ms, error=error
                 )
+                _apply_status(db, update, message_id, now)
 
     def mark_failed(
         self,
@@ -364,8 +373,15 @@ class LocalWhatsApp:
                     self._route_inbound(db, now, agent_id, account_id, message)
             for update in statuses:
                 new = db.execute(
-                    "INSERT OR IGNORE INTO whatsapp_statuses VALUES (?, ?, ?, ?)",
-                    (update.provider_id, update.status, update.timestamp, now),
+                    "INSERT OR IGNORE INTO whatsapp_statuses VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        update.provider_id,
+                        update.status,
+                        update.timestamp,
+                        now,
+                        update.error,
+                        account_id,
+                    ),
                 ).rowcount
                 applied += new
                 target = db.execute(

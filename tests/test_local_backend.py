@@ -11,6 +11,7 @@ import pytest
 from agent_runtime.errors import WorkerIdTaken
 from backend.local import MAX_CLOCK_AHEAD_MS, SCHEMA_VERSION, LocalBackend
 from messages import Heartbeat
+from messages.whatsapp import StatusUpdate
 from tests.conftest import T0, FakeClock
 
 
@@ -150,3 +151,37 @@ def test_close_does_not_wait_for_a_call_stuck_on_another_process_lock(tmp_path: 
         assert not closer.is_alive()  # gave up after 0.1 s instead of waiting
     finally:
         backend._lock.release()
+
+
+def test_a_failed_status_before_the_mark_keeps_its_error(backend: LocalBackend) -> None:
+    backend.acquire_lease("acct", "A", ttl_ms=60_000)
+    message_id = backend.enqueue_outbound("acct", "15550001", "hi")
+    (claimed,) = backend.claim_outbound("acct", "A", 1, limit=1, lock_ms=60_000, max_attempts=3)
+    failed = StatusUpdate(provider_id="wamid.1", status="failed", timestamp=1, error="131026: x")
+    backend.record_webhook("acct", [], [failed])  # Meta's webhook beat our mark
+    backend.mark_sent(message_id, claimed.claim_token, 1, "wamid.1")
+    (row,) = backend.list_outbox("acct")
+    assert (row["status"], row["lastError"]) == ("failed", "131026: x")
+
+
+def test_a_file_of_schema_2_gains_the_status_columns(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    LocalBackend(path).close()
+    with sqlite3.connect(path) as db:  # as schema 2 made it
+        db.executescript(
+            """
+            DROP TABLE whatsapp_statuses;
+            CREATE TABLE whatsapp_statuses (provider_id TEXT NOT NULL, status TEXT NOT NULL,
+                timestamp INTEGER NOT NULL, recorded_at INTEGER NOT NULL,
+                PRIMARY KEY (provider_id, status));
+            INSERT INTO whatsapp_statuses VALUES ('wamid.0', 'read', 1, 1);
+            PRAGMA user_version = 2;
+            """
+        )
+    backend = LocalBackend(path)
+    update = StatusUpdate(provider_id="wamid.9", status="failed", timestamp=2, error="e")
+    assert backend.record_webhook("acct", [], [update]).statuses == 1
+    backend.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT count(*) FROM whatsapp_statuses").fetchone()[0] == 2
