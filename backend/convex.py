@@ -135,13 +135,21 @@ class ConvexBackend(Backend):
             self._call("mutation", "service/presence:markOffline", args, idempotent=True)
 
     def create_agent(
-        self, name: str, heartbeat_interval_ms: int, session_key: str | None = None
+        self,
+        name: str,
+        heartbeat_interval_ms: int,
+        session_key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> AgentRecord:
         args: dict[str, Any] = {"name": name, "heartbeatIntervalMs": heartbeat_interval_ms}
         if session_key is not None:
             args["sessionKey"] = session_key
-        # Not idempotent: a retry after a lost answer could create the agent twice.
-        return _record(self._agent_call("service/agents:create", args, idempotent=False))
+        if idempotency_key is not None:
+            args["idempotencyKey"] = idempotency_key
+        # With a key a retry after a lost answer returns the first agent; without one it
+        # could create a second, so it is not retried then.
+        idempotent = idempotency_key is not None
+        return _record(self._agent_call("service/agents:create", args, idempotent=idempotent))
 
     def update_agent(
         self,

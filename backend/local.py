@@ -34,9 +34,10 @@ BUSY_TIMEOUT_S = 5.0
 MAX_CLOCK_AHEAD_MS = 60_000
 """A heartbeat stamped further ahead of this machine's clock is refused."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """`PRAGMA user_version` of the current schema; version 1 (user_version 0) allowed a
-NULL agent id and had no workers; version 2 kept no error with a delivery status."""
+NULL agent id and had no workers; version 2 kept no error with a delivery status;
+version 3 had no idempotency key on agents."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS agents (
     session_key TEXT NOT NULL,
     heartbeat_interval_ms INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    idempotency_key TEXT UNIQUE
 );
 CREATE TABLE IF NOT EXISTS presence (
     agent_id TEXT PRIMARY KEY,
@@ -73,6 +75,16 @@ CREATE TRIGGER IF NOT EXISTS agents_deleted AFTER DELETE ON agents BEGIN
     DELETE FROM presence WHERE agent_id = old.id;
 END;
 """
+
+_MIGRATE_AGENTS_TO_V4 = """
+ALTER TABLE agents ADD COLUMN idempotency_key TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS agents_idempotency_key ON agents (idempotency_key);
+"""
+"""Schema version 4: the key of the create call that made the agent (SQLite cannot add a
+UNIQUE column; the index makes it unique)."""
+
+_AGENT_FIELDS = ("id", "name", "session_key", "heartbeat_interval_ms", "updated_at")
+_AGENT_COLUMNS = ", ".join(_AGENT_FIELDS)
 
 _MIGRATE_FROM_V1 = """
 ALTER TABLE agents RENAME TO agents_v1;
@@ -154,15 +166,16 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
     def _migrate(self) -> None:
         db = self._db
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-        # Each step runs on a file that has the table it changes; run twice (two processes
-        # opening an old file at once) the rebuild copies whatever `agents` holds, and a
-        # repeated ADD COLUMN fails the second process's start instead of changing data.
+        # Each step runs only where its table exists without its change; run twice (two
+        # processes opening an old file at once) the rebuild copies whatever `agents`
+        # holds, and a column already there is not added again.
         migration = ""
-        if "agents" in tables and version < 2:
+        if self._columns("agents") and version < 2:
             migration += _MIGRATE_FROM_V1
-        if "whatsapp_statuses" in tables and version < 3:
+        if "error" not in self._columns("whatsapp_statuses", absent={"error"}):
             migration += MIGRATE_STATUSES_TO_V3
+        if "idempotency_key" not in self._columns("agents", absent={"idempotency_key"}):
+            migration += _MIGRATE_AGENTS_TO_V4
         try:
             db.executescript(
                 f"BEGIN IMMEDIATE; {migration} {SCHEMA} {WHATSAPP_SCHEMA} {JOBS_SCHEMA}"
@@ -172,6 +185,11 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _columns(self, table: str, absent: set[str] | None = None) -> set[str]:
+        """The table's columns; `absent` when the table does not exist (nothing to do)."""
+        rows = self._db.execute(f"PRAGMA table_info({table})").fetchall()
+        return {row[1] for row in rows} if rows else set(absent or ())
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -290,7 +308,11 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
         return [w for (w,) in self._read(_LIVE_WORKERS, (self.clock(),))]
 
     def create_agent(
-        self, name: str, heartbeat_interval_ms: int, session_key: str | None = None
+        self,
+        name: str,
+        heartbeat_interval_ms: int,
+        session_key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> AgentRecord:
         agent_id = secrets.token_hex(8)
         record = _validated(
@@ -301,9 +323,16 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
             updated_at=self.clock(),
         )
         with self._write() as db:
+            if idempotency_key is not None:
+                known = db.execute(
+                    f"SELECT {_AGENT_COLUMNS} FROM agents WHERE idempotency_key = ?",
+                    (idempotency_key,),
+                ).fetchone()
+                if known is not None:  # a retried create: the first one's agent
+                    return _validated(**dict(zip(_AGENT_FIELDS, known, strict=True)))
             db.execute(
                 "INSERT INTO agents (id, name, session_key, heartbeat_interval_ms, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                " updated_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     record.name,
@@ -311,6 +340,7 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
                     record.heartbeat_interval_ms,
                     record.updated_at,
                     record.updated_at,
+                    idempotency_key,
                 ),
             )
         return record

@@ -305,9 +305,15 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def create_agent(
-        self, name: str, heartbeat_interval_ms: int, session_key: str | None = None
+        self,
+        name: str,
+        heartbeat_interval_ms: int,
+        session_key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> AgentRecord:
-        """Create an agent (offline until a worker beats for it) and return it.
+        """Create an agent (offline until a worker beats for it) and return it. A repeated
+        `idempotency_key` returns the agent the first call created and creates none, so a
+        create whose answer was lost can be retried.
 
         Raises:
             InvalidAgent: the name or interval is not acceptable.

@@ -40,7 +40,11 @@ class LocalService:
         self._functions: dict[str, tuple[str, Callable[[dict[str, Any]], Any], set[str]]] = {
             "service/agents:list": ("query", lambda a: backend.list_agents(), set()),
             "service/agents:version": ("query", lambda a: backend.agents_version(), set()),
-            "service/agents:create": ("mutation", self._create, _FIELDS - {"agentId"}),
+            "service/agents:create": (
+                "mutation",
+                self._create,
+                (_FIELDS - {"agentId"}) | {"idempotencyKey"},
+            ),
             "service/agents:update": ("mutation", self._update, _FIELDS),
             "service/agents:remove": ("mutation", self._remove, {"agentId"}),
             "service/presence:list": ("query", lambda a: backend.list_presence(), set()),
@@ -97,6 +101,7 @@ class LocalService:
             args.get("name"),  # type: ignore[arg-type]  # validated by the backend
             args.get("heartbeatIntervalMs"),  # type: ignore[arg-type]
             args.get("sessionKey"),
+            label(args, "idempotencyKey") if "idempotencyKey" in args else None,
         )
         return _config(record.model_dump(by_alias=True))
 

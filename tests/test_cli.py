@@ -112,7 +112,10 @@ def test_invalid_rows_are_reported_on_stderr_and_the_rest_listed(
     env = local_env
     good = cli(env, "agents", "add", "good").stdout.strip()
     db = sqlite3.connect(env["LOCAL_DB_PATH"])
-    db.execute("INSERT INTO agents VALUES ('bad', 'broken', 'k', 'soon', 0, 0)")
+    db.execute(
+        "INSERT INTO agents (id, name, session_key, heartbeat_interval_ms, created_at, updated_at)"
+        " VALUES ('bad', 'broken', 'k', 'soon', 0, 0)"
+    )
     db.commit()
     db.close()
     result = cli(env, "agents", "list", "--json")

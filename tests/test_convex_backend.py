@@ -6,6 +6,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from messages.jobs import Conversation, Usage
 from messages.whatsapp import InboundMessage, StatusUpdate
 from tests.conftest import SECRET
 from tests.fake_convex import FakeConvex
+from tests.runtime_process import base_env, cli
 
 
 def adapter(fake: FakeConvex, secret: str = SECRET, read_timeout_s: float = 2.0) -> ConvexBackend:
@@ -346,3 +348,28 @@ def test_a_delivery_over_the_functions_limit_is_recorded_in_chunks(
     assert len(calls_to(convex_deployment, "service/whatsapp:recordWebhook")) == 3
     assert len(convex.list_inbox("acct")) == 1000  # the listing is bounded; all are stored
     assert convex.record_webhook("acct", messages, []).duplicates == 2500
+
+
+def test_a_create_with_a_key_is_retried_after_a_lost_answer_and_creates_one_agent(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    convex_deployment.fail_next("503", path="service/agents:create")  # may have run
+    record = convex.create_agent("once", 5000, idempotency_key="cli-1")
+    assert len(calls_to(convex_deployment, "service/agents:create")) == 2  # retried
+    assert convex.create_agent("once", 5000, idempotency_key="cli-1").id == record.id
+    assert [row["id"] for row in convex.list_agents()] == [record.id]
+    convex_deployment.fail_next("503", path="service/agents:create")
+    with pytest.raises(BackendUnavailable):  # without a key a retry could create two
+        convex.create_agent("keyless", 5000)
+    assert len(convex.list_agents()) == 1
+
+
+def test_agents_add_says_the_agent_may_exist_when_it_cannot_know(
+    tmp_path: Path, convex_deployment: FakeConvex
+) -> None:
+    env = base_env(tmp_path / "unused.db", CONVEX_URL=convex_deployment.url, AGENT_SECRET=SECRET)
+    convex_deployment.fail_next("503", count=10, path="service/agents:create")
+    result = cli(env, "agents", "add", "maybe")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "the agent may have been created: `agent-runtime agents list` shows whether" in line

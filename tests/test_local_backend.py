@@ -134,6 +134,8 @@ def test_a_file_of_the_first_schema_is_migrated_keeping_its_agents(tmp_path: Pat
     assert [a["id"] for a in backend.list_agents()] == ["keep"]
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    created = backend.create_agent("new", 1000, idempotency_key="k")  # schema 4's column
+    assert backend.create_agent("new", 1000, idempotency_key="k").id == created.id
     version = backend.agents_version()
     backend.remove_agent("keep")  # the triggers are back: the version moves
     assert backend.agents_version() != version

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from agent_runtime.app.backends import open_backend
 from agent_runtime.app.config import Settings, load_settings
 from agent_runtime.app.roles import ROLE_NAMES
 from agent_runtime.clock import now_ms
-from agent_runtime.errors import BackendError, ConfigError, InvalidArgument
+from agent_runtime.errors import BackendError, BackendUnavailable, ConfigError, InvalidArgument
 from backend.port import Backend
 from messages import AgentRecord, parse_agent_rows
 from messages.agent import MAX_HEARTBEAT_INTERVAL_MS
@@ -211,7 +212,18 @@ def _agents(args: argparse.Namespace, backend: Backend) -> int:
         else:
             _print_table(listed.agents)
     elif args.action == "add":
-        record = backend.create_agent(args.name, args.heartbeat_interval, args.session_key)
+        # One key per command: the adapter's retries after a lost answer cannot create a
+        # second agent.
+        key = f"cli-{secrets.token_hex(8)}"
+        try:
+            record = backend.create_agent(
+                args.name, args.heartbeat_interval, args.session_key, idempotency_key=key
+            )
+        except BackendUnavailable as error:
+            raise BackendUnavailable(
+                f"{error}; the agent may have been created: `agent-runtime agents list` shows"
+                " whether"
+            ) from None
         print(record.id)
     elif args.action == "update":
         backend.update_agent(

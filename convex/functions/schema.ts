@@ -19,7 +19,9 @@ export default defineSchema({
     heartbeatIntervalMs: v.number(),
     /** Epoch ms of the last create or update. */
     updatedAt: v.number(),
-  }),
+    /** The `create` call's key: a retried create returns this agent. */
+    idempotencyKey: v.optional(v.string()),
+  }).index("by_idempotencyKey", ["idempotencyKey"]),
   presence: defineTable({
     agentId: v.id("agents"),
     status: v.union(v.literal("online"), v.literal("offline")),

@@ -174,14 +174,27 @@ export async function requireAgent(ctx: QueryCtx, agentId: string): Promise<Doc<
  */
 export async function createAgent(
   ctx: MutationCtx,
-  fields: { name: string; heartbeatIntervalMs: number; sessionKey?: string },
+  fields: {
+    name: string;
+    heartbeatIntervalMs: number;
+    sessionKey?: string;
+    idempotencyKey?: string;
+  },
 ): Promise<AgentConfig> {
-  const { name, heartbeatIntervalMs, sessionKey } = fields;
+  const { name, heartbeatIntervalMs, sessionKey, idempotencyKey } = fields;
+  if (idempotencyKey !== undefined) {
+    const known = await ctx.db
+      .query("agents")
+      .withIndex("by_idempotencyKey", (q) => q.eq("idempotencyKey", idempotencyKey))
+      .first();
+    if (known) return toConfig(known); // a retried create: the first one's agent
+  }
   const id = await ctx.db.insert("agents", {
     name,
     heartbeatIntervalMs,
     sessionKey: sessionKey ?? "",
     updatedAt: Date.now(),
+    ...(idempotencyKey !== undefined ? { idempotencyKey } : {}),
   });
   if (sessionKey === undefined) await ctx.db.patch(id, { sessionKey: `agent:${id}` });
   await ctx.db.insert("presence", { agentId: id, status: "offline", lastHeartbeatAt: null });

@@ -34,16 +34,18 @@ export const version = query({
 
 /**
  * Create an agent from `name`, `heartbeatIntervalMs` and optional `sessionKey`
- * (default `agent:<id>`); its presence starts offline. Returns its configuration.
+ * (default `agent:<id>`); its presence starts offline. Returns its configuration. A
+ * repeated `idempotencyKey` returns the agent the first call created, and creates none.
  */
 export const create = mutation({
   args: v.any(),
   handler: async (ctx, args): Promise<model.AgentConfig> => {
-    const a = serviceArgs(args, ["name", "heartbeatIntervalMs", "sessionKey"]);
+    const a = serviceArgs(args, ["name", "heartbeatIntervalMs", "sessionKey", "idempotencyKey"]);
     return await model.createAgent(ctx, {
       name: label("name", a.name),
       heartbeatIntervalMs: heartbeatIntervalMs("heartbeatIntervalMs", a.heartbeatIntervalMs),
       sessionKey: optional(label, "sessionKey", a.sessionKey),
+      idempotencyKey: optional(label, "idempotencyKey", a.idempotencyKey),
     });
   },
 });
