@@ -13,27 +13,20 @@ what a CloudTransport takes as its graph URL, in this process or in a worker sub
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from agent_runtime.clock import monotonic_s
+from tests.fake_server import BackgroundServer
 
 __all__ = ["Answer", "FakeGraph", "GraphRequest"]
-
-_START_TIMEOUT_S = 10.0
-_STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -104,26 +97,6 @@ class GraphRequest:
         return text.get("body") if isinstance(text, dict) else None
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, whose main loop ends as soon as `stop()` sets the fake's stopping
-    event (uvicorn itself checks `should_exit` every 0.1 s, which every test would wait)."""
-
-    def __init__(self, config: uvicorn.Config, fake: FakeGraph) -> None:
-        super().__init__(config)
-        self._fake = fake
-
-    async def main_loop(self) -> None:
-        stopping = self._fake._stopping  # set by the lifespan startup, which ran already
-        while not await self.on_tick(0):  # refreshes the Date header, checks should_exit
-            if stopping is None:
-                await asyncio.sleep(0.1)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), 1.0)
-            if stopping.is_set():
-                return
-
-
 RecipientRule = Callable[[str], Answer | None]
 """`to -> Answer | None`: an answer for this contact, or None for the default."""
 
@@ -144,10 +117,8 @@ class FakeGraph:
         self._requests: list[GraphRequest] = []
         self._script: list[Answer] = []
         self._sent = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
+        routes, handlers = self._routes()
+        self._server = BackgroundServer("fake-graph", routes, handlers)
 
     # ------------------------------------------------------------------ test controls
 
@@ -181,54 +152,13 @@ class FakeGraph:
 
     def start(self) -> FakeGraph:
         """Serve on a free port of 127.0.0.1; return once it accepts connections."""
-        if self._server is not None:
-            raise RuntimeError("FakeGraph already started")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # Accepted sockets inherit it: without it every kept-alive answer waited ~40 ms
-        # for the client's delayed ACK (as in docs/performance.md, "The Convex adapter").
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app(),
-            lifespan="on",
-            loop="asyncio",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=3,
-        )
-        server = _Server(config, self)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"fake-graph-{port}", daemon=True
-        )
-        self._server, self._thread = server, thread
-        thread.start()
-        started = threading.Event()
-        for _ in range(int(_START_TIMEOUT_S / 0.01)):
-            if server.started:
-                break
-            if not thread.is_alive():
-                self.stop()
-                raise RuntimeError("FakeGraph server thread died during startup")
-            started.wait(0.01)
-        else:
-            self.stop()
-            raise RuntimeError(f"FakeGraph did not start within {_START_TIMEOUT_S} s")
-        self.url = f"http://127.0.0.1:{port}"
+        self._server.start()
+        self.url = f"http://127.0.0.1:{self._server.port}"
         return self
 
     def stop(self) -> None:
-        """Stop serving (ending any `delay_s` wait) and join the thread. Idempotent."""
-        server, thread, loop, stopping = self._server, self._thread, self._loop, self._stopping
-        if server is not None and thread is not None:
-            if loop is not None and stopping is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(stopping.set)
-            server.should_exit = True
-            thread.join(_STOP_TIMEOUT_S)
-        self._server = self._thread = None
+        """Stop serving (ending any delayed answer) and join the thread. Idempotent."""
+        self._server.stop()
 
     def __enter__(self) -> FakeGraph:
         return self.start()
@@ -238,19 +168,13 @@ class FakeGraph:
 
     # ------------------------------------------------------------------ serving
 
-    def _app(self) -> Starlette:
-        @contextlib.asynccontextmanager
-        async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-            self._loop = asyncio.get_running_loop()
-            self._stopping = asyncio.Event()
-            yield
-
+    def _routes(self) -> tuple[list[BaseRoute], dict[Any, Any]]:
         async def not_found(request: Request, exc: Exception) -> Response:
             answer = Answer.error(404, 100, f"Unknown path {request.url.path}")
             return JSONResponse(answer.body, answer.status)
 
         route = Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"])
-        return Starlette(routes=[route], lifespan=lifespan, exception_handlers={404: not_found})
+        return [route], {404: not_found}
 
     async def _messages(self, request: Request) -> Response:
         at_s = monotonic_s()
@@ -263,9 +187,7 @@ class FakeGraph:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         bearer = token if scheme == "Bearer" else None
         answer, wamid = self._answer(bearer, body)
-        if self.delay_s > 0 and self._stopping is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.delay_s)
+        await self._server.pause(self.delay_s)
         with self._lock:
             self._requests.append(
                 GraphRequest(request.url.path, headers, bearer, body, at_s, answer.status, wamid)

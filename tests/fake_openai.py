@@ -12,25 +12,18 @@ uvicorn + Starlette in one daemon thread on a free port; `url`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import socket
 import threading
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+
+from tests.fake_server import BackgroundServer
 
 __all__ = ["Answer", "FakeOpenAI", "OpenAIRequest", "completion", "error_body"]
-
-_START_TIMEOUT_S = 10.0
-_STOP_TIMEOUT_S = 10.0
 
 
 def completion(
@@ -109,26 +102,6 @@ class OpenAIRequest:
         return self.body.get("messages") if isinstance(self.body, dict) else None
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, whose main loop ends as soon as `stop()` sets the fake's stopping
-    event (uvicorn itself checks `should_exit` every 0.1 s, which every test would wait)."""
-
-    def __init__(self, config: uvicorn.Config, fake: FakeOpenAI) -> None:
-        super().__init__(config)
-        self._fake = fake
-
-    async def main_loop(self) -> None:
-        stopping = self._fake._stopping  # set by the lifespan startup, which ran already
-        while not await self.on_tick(0):  # refreshes the Date header, checks should_exit
-            if stopping is None:
-                await asyncio.sleep(0.1)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), 1.0)
-            if stopping.is_set():
-                return
-
-
 class FakeOpenAI:
     """The fake chat completions API (see the module docstring)."""
 
@@ -139,10 +112,8 @@ class FakeOpenAI:
         self._requests: list[OpenAIRequest] = []
         self._script: list[Answer] = []
         self._received = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
+        routes, handlers = self._routes()
+        self._server = BackgroundServer("fake-openai", routes, handlers)
 
     # ------------------------------------------------------------------ test controls
 
@@ -175,54 +146,13 @@ class FakeOpenAI:
 
     def start(self) -> FakeOpenAI:
         """Serve on a free port of 127.0.0.1; return once it accepts connections."""
-        if self._server is not None:
-            raise RuntimeError("FakeOpenAI already started")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # Accepted sockets inherit it: without it every kept-alive answer waited ~40 ms
-        # for the client's delayed ACK (as in docs/performance.md, "The Convex adapter").
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app(),
-            lifespan="on",
-            loop="asyncio",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=3,
-        )
-        server = _Server(config, self)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"fake-openai-{port}", daemon=True
-        )
-        self._server, self._thread = server, thread
-        thread.start()
-        started = threading.Event()
-        for _ in range(int(_START_TIMEOUT_S / 0.01)):
-            if server.started:
-                break
-            if not thread.is_alive():
-                self.stop()
-                raise RuntimeError("FakeOpenAI server thread died during startup")
-            started.wait(0.01)
-        else:
-            self.stop()
-            raise RuntimeError(f"FakeOpenAI did not start within {_START_TIMEOUT_S} s")
-        self.url = f"http://127.0.0.1:{port}/v1"
+        self._server.start()
+        self.url = f"http://127.0.0.1:{self._server.port}/v1"
         return self
 
     def stop(self) -> None:
         """Stop serving (ending any delayed answer) and join the thread. Idempotent."""
-        server, thread, loop, stopping = self._server, self._thread, self._loop, self._stopping
-        if server is not None and thread is not None:
-            if loop is not None and stopping is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(stopping.set)
-            server.should_exit = True
-            thread.join(_STOP_TIMEOUT_S)
-        self._server = self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> FakeOpenAI:
         return self.start()
@@ -232,18 +162,12 @@ class FakeOpenAI:
 
     # ------------------------------------------------------------------ serving
 
-    def _app(self) -> Starlette:
-        @contextlib.asynccontextmanager
-        async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-            self._loop = asyncio.get_running_loop()
-            self._stopping = asyncio.Event()
-            yield
-
+    def _routes(self) -> tuple[list[BaseRoute], dict[Any, Any]]:
         async def not_found(request: Request, exc: Exception) -> Response:
             return JSONResponse(error_body(f"Unknown path {request.url.path}"), 404)
 
         route = Route("/v1/chat/completions", self._completions, methods=["POST"])
-        return Starlette(routes=[route], lifespan=lifespan, exception_handlers={404: not_found})
+        return [route], {404: not_found}
 
     async def _completions(self, request: Request) -> Response:
         raw = await request.body()
@@ -257,9 +181,7 @@ class FakeOpenAI:
         with self._lock:
             self._received += 1
         answer = self._answer(bearer, body)
-        if answer.delay_s > 0 and self._stopping is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), answer.delay_s)
+        await self._server.pause(answer.delay_s)
         with self._lock:
             self._requests.append(
                 OpenAIRequest(request.url.path, headers, bearer, body, answer.status)
