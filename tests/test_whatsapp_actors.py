@@ -2,6 +2,7 @@
 transport: one sender per account, renewals that survive a failure, a local deadline that
 fences a stuck owner, classified outcomes, the rate limit."""
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -356,3 +357,16 @@ def test_a_mark_that_fails_is_retried_and_the_message_never_sent_twice(
     wait_for(lambda: set(statuses(db).values()) == {"sent"}, timeout_s=10, what="all marked sent")
     assert sorted(a.transport.texts()) == ["m0", "m1", "m2"]  # each sent once
     a.lease.stop()
+
+
+def test_a_retry_after_of_a_day_is_capped(db: LocalBackend, scheduler: Scheduler) -> None:
+    def answer(to: str, text: str) -> SendResult:
+        return SendResult.retry("error 131000: try again tomorrow", retry_after_s=86_400)
+
+    queue(db, 1)
+    a = Worker(db, scheduler, "A", ScriptedTransport(answer))
+    wait_for(lambda: db.list_outbox(ACCOUNT)[0]["attempts"] == 1, what="the failed attempt")
+    a.lease.stop()
+    with sqlite3.connect(db.path) as raw:
+        (not_before,) = raw.execute("SELECT not_before FROM whatsapp_outbound").fetchone()
+    assert not_before - db.clock() <= 300_000 + 1_000  # RETRY_BACKOFF.max_s, not a day

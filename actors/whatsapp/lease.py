@@ -100,6 +100,7 @@ class LeaseActor(SupervisedActor):
         """What the sender was last told: the epoch and the local deadline."""
         self._sender: pykka.ActorRef[Any] | None = None
         self._senders_started = 0
+        self._sender_started_s = 0.0
         self._sender_crashes = 0
 
     @property
@@ -178,6 +179,8 @@ class LeaseActor(SupervisedActor):
         """The sender crashed: what it had claimed comes back when its locks expire; a
         new sender starts after a backoff if the lease is still held."""
         self._sender = None
+        if monotonic_s() - self._sender_started_s >= SENDER_BACKOFF.reset_after_s:
+            self._sender_crashes = 0  # it had run well for a while: start the backoff over
         delay_s = SENDER_BACKOFF.delay_s(self._sender_crashes)
         self._sender_crashes += 1
         self._board.count_restart("sender")
@@ -192,6 +195,7 @@ class LeaseActor(SupervisedActor):
 
     def _start_new_sender(self, held: LeaseHeld) -> None:
         self._senders_started += 1
+        self._sender_started_s = monotonic_s()
         self._sender = self._start_sender(self.actor_ref, held, self._sender_id)
 
     @property

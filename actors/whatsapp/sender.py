@@ -262,16 +262,22 @@ class WhatsAppActor(SupervisedActor):
             self._pause(result.reason, message, self._options.pause_retry_s)
         elif result.per_account:
             # Throttled: the whole account waits, and no message is charged an attempt.
-            delay_s = result.retry_after_s or THROTTLE_BACKOFF.delay_s(self._throttled)
+            delay_s = min(
+                result.retry_after_s or THROTTLE_BACKOFF.delay_s(self._throttled),
+                THROTTLE_BACKOFF.max_s,
+            )
             self._throttled += 1
             self._pause(result.reason, message, delay_s)
         else:
             retry_at_ms: int | None = None
             if result.kind == "retry":
-                delay_s = result.retry_after_s or RETRY_BACKOFF.delay_s(message.attempts)
+                delay_s = min(
+                    result.retry_after_s or RETRY_BACKOFF.delay_s(message.attempts),
+                    RETRY_BACKOFF.max_s,  # a Retry-After of a day would strand the message
+                )
                 retry_at_ms = now_ms() + int(delay_s * 1000)
                 if result.per_recipient:
-                    self._paced_until_ms[message.to] = retry_at_ms
+                    self._pace(message.to, retry_at_ms)
             status = self._backend.mark_failed(
                 message.id,
                 message.claim_token,
@@ -292,6 +298,12 @@ class WhatsAppActor(SupervisedActor):
         self._problem(f"sending paused for {pause_s:.1f} s: {reason}")
         self._release(message)
         self._give_back()
+
+    def _pace(self, contact: str, until_ms: int) -> None:
+        """Hold messages to `contact` until `until_ms`; forget contacts whose pace ended."""
+        now = now_ms()
+        self._paced_until_ms = {c: t for c, t in self._paced_until_ms.items() if t > now}
+        self._paced_until_ms[contact] = until_ms
 
     @property
     def _lock_end_s(self) -> float:
