@@ -122,14 +122,8 @@ def test_three_workers_share_the_agents_survive_kills_and_hand_over_on_sigterm(
     fleet.workers["w2"].signal(signal.SIGTERM)
     offline_seen: set[str] = set()
 
-    detail: list[Any] = []
-
     def poll() -> None:
-        now = now_ms()
-        for a, p in fleet.presence().items():
-            if p["status"] != "online":
-                offline_seen.add(a)
-                detail.append((a in moved, now - term_ms, now - (p["lastHeartbeatAt"] or 0)))
+        offline_seen.update(a for a, p in fleet.presence().items() if p["status"] != "online")
 
     def moved_beat_from_w3() -> bool:
         rows = {a["id"]: a for a in fleet.workers["w3"].agents()}
@@ -140,11 +134,7 @@ def test_three_workers_share_the_agents_survive_kills_and_hand_over_on_sigterm(
     assert fleet.workers["w2"].proc.wait(timeout=5) == 0
     settle_s = monotonic_s() + 2 * INTERVAL_MS / 1000
     watch(poll, lambda: monotonic_s() >= settle_s, timeout_s=10)
-    assert offline_seen == set(), (
-        len(offline_seen),
-        len(offline_seen & moved),
-        detail[:30],
-    )
+    assert offline_seen == set()
     assert fleet.running("w3")["w3"] == every
 
     # kill -9 the last: presence expires, every agent offline within 3 x interval + 5 s.

@@ -3,23 +3,3 @@
 `models` is the model side (a conversation in, a reply with text or tool calls out):
 the `ModelProvider` interface, the offline `EchoProvider` and the `OpenAIProvider`.
 """
-
-from actors.jobs.models import (
-    ChatMessage,
-    EchoProvider,
-    ModelError,
-    ModelProvider,
-    ModelReply,
-    OpenAIProvider,
-    ToolCall,
-)
-
-__all__ = [
-    "ChatMessage",
-    "EchoProvider",
-    "ModelError",
-    "ModelProvider",
-    "ModelReply",
-    "OpenAIProvider",
-    "ToolCall",
-]
