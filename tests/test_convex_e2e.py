@@ -65,7 +65,7 @@ def test_failing_sync_is_reported_in_health_and_recovers(
     convex_deployment.fail_next("503", count=1000, path="service/agents:list")
     runtime = runtime_on(env)
     health = wait_for(
-        lambda: ((h := runtime.health())["agentSync"] or {}).get("lastError") and h,
+        lambda: (h := runtime.health())["agentSync"]["lastError"] and h,
         what="sync error in /health",
     )
     assert health["status"] == "degraded"

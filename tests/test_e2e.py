@@ -41,10 +41,7 @@ def add_agent(env: dict[str, str], name: str, interval_ms: int) -> str:
 def test_added_agent_is_online_within_3_s_without_restart(
     env: dict[str, str], runtime: RuntimeProcess
 ) -> None:
-    # agentSync is null until the SyncActor first publishes.
-    wait_for(
-        lambda: (runtime.health()["agentSync"] or {}).get("lastSyncAt"), what="the start-up sync"
-    )
+    wait_for(lambda: runtime.health()["agentSync"]["lastSyncAt"], what="the start-up sync")
     agent_id = add_agent(env, "scout", 5000)
     added_s = monotonic_s()  # the agent exists from here (the CLI's own start-up excluded)
 

@@ -256,3 +256,16 @@ def test_http_server_answers_kept_alive_connections_without_nagle_delay() -> Non
         assert server._socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         server._socket.close()
+
+
+def test_a_core_worker_reports_an_idle_sync_before_the_first_one() -> None:
+    doc = health(settings("core"), StatusBoard(), started_s=0.0)
+    assert doc["agentSync"] == {
+        "running": False,
+        "lastSyncAt": None,
+        "lastError": None,
+        "addedCount": 0,
+        "removedCount": 0,
+        "updatedCount": 0,
+    }
+    assert doc["status"] == "degraded"

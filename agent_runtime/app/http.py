@@ -39,6 +39,16 @@ NO_HEARTBEATS = HeartbeatStatus(
 )
 
 
+IDLE_SYNC = {
+    "running": False,
+    "lastSyncAt": None,
+    "lastError": None,
+    "addedCount": 0,
+    "removedCount": 0,
+    "updatedCount": 0,
+}
+"""agentSync on a role that runs agents, before the SyncActor first publishes."""
+
 NO_SENDER = WhatsAppStatus(
     sending=False, paused=False, paused_until=None, sent=0, failed=0, last_error=None
 )
@@ -105,7 +115,7 @@ def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str
                 exclude={"agents", "worker_id", "registered", "live_workers", "restarting"},
             )
             if sync is not None
-            else None
+            else (IDLE_SYNC if ROLES[settings.role].agents else None)
         ),
         "heartbeats": beats.model_dump(by_alias=True, exclude={"last_written_at", "online"}),
         "supervisor": {"restarts": sum(restarts.values()), "byActor": restarts},
