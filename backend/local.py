@@ -34,10 +34,11 @@ BUSY_TIMEOUT_S = 5.0
 MAX_CLOCK_AHEAD_MS = 60_000
 """A heartbeat stamped further ahead of this machine's clock is refused."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """`PRAGMA user_version` of the current schema; version 1 (user_version 0) allowed a
 NULL agent id and had no workers; version 2 kept no error with a delivery status;
-version 3 had no idempotency key on agents."""
+version 3 had no idempotency key on agents; version 4 had no instructions, model or
+wake-up turn on agents, no kinds or direct conversations on jobs, no session on turns."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -47,7 +48,11 @@ CREATE TABLE IF NOT EXISTS agents (
     heartbeat_interval_ms INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
-    idempotency_key TEXT UNIQUE
+    idempotency_key TEXT UNIQUE,
+    instructions TEXT,
+    model TEXT,
+    wakeup_prompt TEXT,
+    wakeup_interval_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS presence (
     agent_id TEXT PRIMARY KEY,
@@ -83,8 +88,27 @@ CREATE UNIQUE INDEX IF NOT EXISTS agents_idempotency_key ON agents (idempotency_
 """Schema version 4: the key of the create call that made the agent (SQLite cannot add a
 UNIQUE column; the index makes it unique)."""
 
-_AGENT_FIELDS = ("id", "name", "session_key", "heartbeat_interval_ms", "updated_at")
+_MIGRATE_AGENTS_TO_V5 = """
+ALTER TABLE agents ADD COLUMN instructions TEXT;
+ALTER TABLE agents ADD COLUMN model TEXT;
+ALTER TABLE agents ADD COLUMN wakeup_prompt TEXT;
+ALTER TABLE agents ADD COLUMN wakeup_interval_ms INTEGER;
+"""
+"""Schema version 5: what an agent's jobs run with, and its wake-up turn."""
+
+_AGENT_FIELDS = (
+    "id",
+    "name",
+    "session_key",
+    "heartbeat_interval_ms",
+    "instructions",
+    "model",
+    "wakeup_prompt",
+    "wakeup_interval_ms",
+    "updated_at",
+)
 _AGENT_COLUMNS = ", ".join(_AGENT_FIELDS)
+_OPTIONAL_FIELDS = ("instructions", "model", "wakeup_prompt", "wakeup_interval_ms")
 
 _MIGRATE_FROM_V1 = """
 ALTER TABLE agents RENAME TO agents_v1;
@@ -104,10 +128,7 @@ DROP TABLE agents_v1;
 cannot add the constraint in place); rows without an id are dropped. The old triggers
 go with the old table; SCHEMA creates them again."""
 
-_LIST_AGENTS = """
-SELECT id, name, session_key, heartbeat_interval_ms, updated_at
-FROM agents ORDER BY created_at, rowid
-"""
+_LIST_AGENTS = f"SELECT {_AGENT_COLUMNS} FROM agents ORDER BY created_at, rowid"
 
 _LIST_PRESENCE = f"""
 SELECT a.id,
@@ -176,6 +197,9 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
             migration += MIGRATE_STATUSES_TO_V3
         if "idempotency_key" not in self._columns("agents", absent={"idempotency_key"}):
             migration += _MIGRATE_AGENTS_TO_V4
+        if "instructions" not in self._columns("agents", absent={"instructions"}):
+            migration += _MIGRATE_AGENTS_TO_V5
+        migration += self._jobs_migration()
         try:
             db.executescript(
                 f"BEGIN IMMEDIATE; {migration} {SCHEMA} {WHATSAPP_SCHEMA} {JOBS_SCHEMA}"
@@ -220,16 +244,7 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
         return BackendError(f"local database {str(self.path)!r}: {error}")
 
     def list_agents(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": agent_id,
-                "name": name,
-                "sessionKey": session_key,
-                "heartbeatIntervalMs": interval,
-                "updatedAt": updated_at,
-            }
-            for agent_id, name, session_key, interval, updated_at in self._read(_LIST_AGENTS)
-        ]
+        return [_agent_row(row) for row in self._read(_LIST_AGENTS)]
 
     def list_presence(self) -> list[dict[str, Any]]:
         return [
@@ -313,6 +328,11 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
         heartbeat_interval_ms: int,
         session_key: str | None = None,
         idempotency_key: str | None = None,
+        *,
+        instructions: str | None = None,
+        model: str | None = None,
+        wakeup_prompt: str | None = None,
+        wakeup_interval_ms: int | None = None,
     ) -> AgentRecord:
         agent_id = secrets.token_hex(8)
         record = _validated(
@@ -320,6 +340,10 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
             name=name,
             session_key=session_key if session_key is not None else f"agent:{agent_id}",
             heartbeat_interval_ms=heartbeat_interval_ms,
+            instructions=instructions or None,
+            model=model or None,
+            wakeup_prompt=wakeup_prompt or None,
+            wakeup_interval_ms=wakeup_interval_ms or None,
             updated_at=self.clock(),
         )
         with self._write() as db:
@@ -331,17 +355,9 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
                 if known is not None:  # a retried create: the first one's agent
                     return _validated(**dict(zip(_AGENT_FIELDS, known, strict=True)))
             db.execute(
-                "INSERT INTO agents (id, name, session_key, heartbeat_interval_ms, created_at,"
-                " updated_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    record.name,
-                    record.session_key,
-                    record.heartbeat_interval_ms,
-                    record.updated_at,
-                    record.updated_at,
-                    idempotency_key,
-                ),
+                f"INSERT INTO agents ({_AGENT_COLUMNS}, created_at, idempotency_key)"
+                f" VALUES ({', '.join('?' * (len(_AGENT_FIELDS) + 2))})",
+                (*_agent_values(record), record.updated_at, idempotency_key),
             )
         return record
 
@@ -352,33 +368,37 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
         name: str | None = None,
         heartbeat_interval_ms: int | None = None,
         session_key: str | None = None,
+        instructions: str | None = None,
+        model: str | None = None,
+        wakeup_prompt: str | None = None,
+        wakeup_interval_ms: int | None = None,
     ) -> AgentRecord:
+        given = {
+            "name": name,
+            "heartbeat_interval_ms": heartbeat_interval_ms,
+            "session_key": session_key,
+            "instructions": instructions,
+            "model": model,
+            "wakeup_prompt": wakeup_prompt,
+            "wakeup_interval_ms": wakeup_interval_ms,
+        }
+        changes = {
+            field: (value or None) if field in _OPTIONAL_FIELDS else value  # "" / 0 clears
+            for field, value in given.items()
+            if value is not None
+        }
         with self._write() as db:
             row = db.execute(
-                "SELECT name, session_key, heartbeat_interval_ms FROM agents WHERE id = ?",
-                (agent_id,),
+                f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = ?", (agent_id,)
             ).fetchone()
             if row is None:
                 raise AgentNotFound(agent_id)
-            record = _validated(
-                id=agent_id,
-                name=row[0] if name is None else name,
-                session_key=row[1] if session_key is None else session_key,
-                heartbeat_interval_ms=row[2]
-                if heartbeat_interval_ms is None
-                else (heartbeat_interval_ms),
-                updated_at=self.clock(),
-            )
+            current = dict(zip(_AGENT_FIELDS, row, strict=True))
+            record = _validated(**{**current, **changes, "updated_at": self.clock()})
             db.execute(
-                "UPDATE agents SET name = ?, session_key = ?, heartbeat_interval_ms = ?,"
-                " updated_at = ? WHERE id = ?",
-                (
-                    record.name,
-                    record.session_key,
-                    record.heartbeat_interval_ms,
-                    record.updated_at,
-                    agent_id,
-                ),
+                f"UPDATE agents SET ({_AGENT_COLUMNS})"
+                f" = ({', '.join('?' * len(_AGENT_FIELDS))}) WHERE id = ?",
+                (*_agent_values(record), agent_id),
             )
         return record
 
@@ -386,6 +406,7 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
         with self._write() as db:
             if db.execute("DELETE FROM agents WHERE id = ?", (agent_id,)).rowcount == 0:
                 raise AgentNotFound(agent_id)
+            self._end_jobs_of(db, agent_id, self.clock())
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         # A call blocked on another process's write lock holds `_lock` for up to
@@ -396,6 +417,19 @@ class LocalBackend(LocalJobs, LocalWhatsApp, Backend):
             self._db.close()
         finally:
             self._lock.release()
+
+
+def _agent_values(record: AgentRecord) -> tuple[Any, ...]:
+    """The record's values in `_AGENT_FIELDS` order."""
+    return tuple(getattr(record, field) for field in _AGENT_FIELDS)
+
+
+def _agent_row(row: Sequence[Any]) -> dict[str, Any]:
+    """A stored agent as the port's camelCase row."""
+    return {
+        str(AgentRecord.model_fields[field].alias): value
+        for field, value in zip(_AGENT_FIELDS, row, strict=True)
+    }
 
 
 def _validated(**fields: Any) -> AgentRecord:

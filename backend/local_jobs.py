@@ -17,7 +17,18 @@ from pydantic import ValidationError
 from agent_runtime.errors import AgentNotFound, Fenced, InvalidArgument, JobNotFound
 from backend.local_whatsapp import MAX_ERROR_CHARS, insert_outbound
 from messages.agent import describe_validation_error
-from messages.jobs import MAX_INPUT_CHARS, ClaimedJob, Conversation, JobStatus, Turn, Usage
+from messages.jobs import (
+    CONVERSATION,
+    MAX_INPUT_CHARS,
+    ClaimedJob,
+    Conversation,
+    DirectConversation,
+    JobKind,
+    JobStatus,
+    Turn,
+    Usage,
+    WhatsAppConversation,
+)
 from messages.whatsapp import MAX_TEXT_CHARS, InboundMessage
 
 JOBS_SCHEMA = """
@@ -42,7 +53,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     reply_id TEXT,
     idempotency_key TEXT UNIQUE,
     created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'task',
+    channel TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_agent ON jobs (agent_id, status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_conversation ON jobs (conversation_key, status);
@@ -51,20 +64,29 @@ CREATE TABLE IF NOT EXISTS turns (
     job_id TEXT NOT NULL,
     role TEXT NOT NULL,
     content TEXT NOT NULL,
-    at INTEGER NOT NULL
+    at INTEGER NOT NULL,
+    session_key TEXT
 );
 CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation_key, at);
+INSERT OR IGNORE INTO change_counters (name, version) VALUES ('jobs', 0);
 """
 
+_MIGRATE_JOBS_TO_V5 = """
+ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'task';
+ALTER TABLE jobs ADD COLUMN channel TEXT;
+UPDATE jobs SET channel = 'whatsapp' WHERE conversation_key IS NOT NULL;
+ALTER TABLE turns ADD COLUMN session_key TEXT;
+"""
+"""Schema version 5: job kinds and direct conversations; turns belong to a session (turns
+stored before have none, so no session continues them)."""
+
+_BUMP_JOBS_VERSION = "UPDATE change_counters SET version = version + 1 WHERE name = 'jobs'"
+
 _JOB_COLUMNS = (
-    "id, agent_id, account_id, contact, input, status, attempts, not_before, locked_until,"
-    " worker_id, result, error, input_tokens, output_tokens, steps, created_at, updated_at"
+    "id, agent_id, kind, channel, account_id, contact, input, status, attempts, not_before,"
+    " locked_until, worker_id, result, error, input_tokens, output_tokens, steps, created_at,"
+    " updated_at"
 )
-
-
-def conversation_key(conversation: Conversation) -> str:
-    """The conversation's key in the jobs and turns tables."""
-    return f"{conversation.channel}:{conversation.account_id}:{conversation.contact}"
 
 
 def insert_job(
@@ -75,25 +97,38 @@ def insert_job(
     conversation: Conversation | None,
     *,
     idempotency_key: str | None,
+    kind: JobKind = "task",
 ) -> str:
-    """Queue a job inside the caller's transaction; the first job's id for a known key."""
+    """Queue a job inside the caller's transaction; the first job's id for a known key,
+    the pending one's for a wake-up job."""
     if idempotency_key is not None:
         known = db.execute(
             "SELECT id FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
         ).fetchone()
         if known is not None:
             return str(known[0])
+    if kind == "wakeup":
+        pending = db.execute(
+            "SELECT id FROM jobs WHERE agent_id = ? AND kind = 'wakeup'"
+            " AND status IN ('queued', 'running')",
+            (agent_id,),
+        ).fetchone()
+        if pending is not None:
+            return str(pending[0])
     job_id = secrets.token_hex(8)
+    account_id, contact = _stored(conversation)
     db.execute(
-        "INSERT INTO jobs (id, agent_id, conversation_key, account_id, contact, input, status,"
-        " not_before, idempotency_key, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+        "INSERT INTO jobs (id, agent_id, kind, channel, conversation_key, account_id, contact,"
+        " input, status, not_before, idempotency_key, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
         (
             job_id,
             agent_id,
-            conversation_key(conversation) if conversation else None,
-            conversation.account_id if conversation else None,
-            conversation.contact if conversation else None,
+            kind,
+            conversation.channel if conversation else None,
+            conversation.key if conversation else None,
+            account_id,
+            contact,
             input_text,
             now,
             idempotency_key,
@@ -101,6 +136,7 @@ def insert_job(
             now,
         ),
     )
+    db.execute(_BUMP_JOBS_VERSION)
     return job_id
 
 
@@ -110,6 +146,11 @@ class LocalJobs:
     clock: Callable[[], int]
     _write: Callable[[], AbstractContextManager[sqlite3.Connection]]
     _read: Callable[..., list[tuple[Any, ...]]]
+    _columns: Callable[..., set[str]]
+
+    def _jobs_migration(self) -> str:
+        """The statements that bring an older jobs schema to this one ("" if none)."""
+        return "" if "kind" in self._columns("jobs", absent={"kind"}) else _MIGRATE_JOBS_TO_V5
 
     def enqueue_job(
         self,
@@ -117,17 +158,18 @@ class LocalJobs:
         input_text: str,
         conversation: Conversation | None = None,
         idempotency_key: str | None = None,
+        *,
+        kind: JobKind = "task",
     ) -> str:
         if not 0 < len(input_text) <= MAX_INPUT_CHARS:
             raise InvalidArgument(
                 f"input: expected 1 to {MAX_INPUT_CHARS} characters, got {len(input_text)}"
             )
-        if conversation is not None:
+        if isinstance(conversation, WhatsAppConversation):
             try:  # the contact as stored: digits only
-                conversation = conversation.model_copy(
-                    update={"contact": conversation.contact.removeprefix("+")}
+                conversation = CONVERSATION.validate_python(
+                    {**conversation.model_dump(), "contact": conversation.contact.removeprefix("+")}
                 )
-                Conversation.model_validate(conversation.model_dump())
             except ValidationError as error:
                 raise InvalidArgument(describe_validation_error(error)) from None
         now = self.clock()
@@ -135,7 +177,13 @@ class LocalJobs:
             if not db.execute("SELECT 1 FROM agents WHERE id = ?", (agent_id,)).fetchone():
                 raise AgentNotFound(agent_id)
             return insert_job(
-                db, now, agent_id, input_text, conversation, idempotency_key=idempotency_key
+                db,
+                now,
+                agent_id,
+                input_text,
+                conversation,
+                idempotency_key=idempotency_key,
+                kind=kind,
             )
 
     def claim_jobs(
@@ -152,13 +200,15 @@ class LocalJobs:
         marks = ",".join("?" * len(wanted))
         with self._write() as db:
             # A lock that expired is an attempt that may have happened.
-            db.execute(
+            expired = db.execute(
                 "UPDATE jobs SET attempts = attempts + 1, error = 'claim lock expired',"
                 " status = CASE WHEN attempts + 1 >= ? THEN 'dead' ELSE 'queued' END,"
                 " claim_token = NULL, locked_until = NULL, not_before = ?, updated_at = ?"
                 f" WHERE status = 'running' AND locked_until <= ? AND agent_id IN ({marks})",
                 (max_attempts, now, now, now, *wanted),
-            )
+            ).rowcount
+            if expired:
+                db.execute(_BUMP_JOBS_VERSION)
             busy = {
                 key
                 for (key,) in db.execute(
@@ -169,14 +219,14 @@ class LocalJobs:
             candidates = []
             for agent_id in wanted:
                 row = db.execute(
-                    "SELECT rowid, id, status, not_before, conversation_key, account_id, contact,"
-                    " input, attempts, created_at FROM jobs"
+                    "SELECT rowid, id, status, not_before, conversation_key, channel, account_id,"
+                    " contact, input, attempts, created_at FROM jobs"
                     " WHERE agent_id = ? AND status IN ('queued', 'running')"
                     " ORDER BY created_at, rowid LIMIT 1",
                     (agent_id,),
                 ).fetchone()
                 if row is not None and row[2] == "queued" and row[3] <= now:
-                    candidates.append((row[9], row[0], agent_id, row))
+                    candidates.append((row[10], row[0], agent_id, row))
             claimed: list[ClaimedJob] = []
             for _, _, agent_id, row in sorted(candidates):
                 if len(claimed) == limit:
@@ -189,9 +239,9 @@ class LocalJobs:
                 job = ClaimedJob(
                     id=row[1],
                     agent_id=agent_id,
-                    input=row[7],
-                    conversation=_conversation(row[5], row[6]),
-                    attempts=row[8],
+                    input=row[8],
+                    conversation=_conversation(row[5], row[6], row[7]),
+                    attempts=row[9],
                     claim_token=secrets.token_hex(16),
                 )
                 db.execute(
@@ -213,8 +263,32 @@ class LocalJobs:
             )
         return now + lock_ms
 
+    def release_job(self, job_id: str, claim_token: str) -> bool:
+        now = self.clock()
+        with self._write() as db:
+            released = db.execute(
+                "UPDATE jobs SET status = 'queued', claim_token = NULL, locked_until = NULL,"
+                " worker_id = NULL, not_before = ?, updated_at = ?"
+                " WHERE id = ? AND claim_token = ? AND status = 'running'",
+                (now, now, job_id, claim_token),
+            ).rowcount
+            if released:
+                db.execute(_BUMP_JOBS_VERSION)
+        return released > 0
+
+    def jobs_version(self) -> str:
+        (version,) = self._read("SELECT version FROM change_counters WHERE name = 'jobs'")[0]
+        return str(version)
+
     def complete_job(
-        self, job_id: str, claim_token: str, *, result: str, usage: Usage, steps: int
+        self,
+        job_id: str,
+        claim_token: str,
+        *,
+        session_key: str,
+        result: str,
+        usage: Usage,
+        steps: int,
     ) -> str | None:
         now = self.clock()
         with self._write() as db:
@@ -226,20 +300,22 @@ class LocalJobs:
                 return cast(str | None, first_reply)  # a repeat
             if status != "running":
                 raise Fenced(f"job {job_id!r} was marked {status} by this claim")
-            key, account_id, contact, input_text = db.execute(
-                "SELECT conversation_key, account_id, contact, input FROM jobs WHERE id = ?",
+            key, channel, account_id, contact, input_text = db.execute(
+                "SELECT conversation_key, channel, account_id, contact, input FROM jobs"
+                " WHERE id = ?",
                 (job_id,),
             ).fetchone()
             reply_id: str | None = None
             if key is not None:
                 db.executemany(
-                    "INSERT INTO turns VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO turns (conversation_key, job_id, role, content, at, session_key)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     [
-                        (key, job_id, "user", input_text, now),
-                        (key, job_id, "assistant", result, now),
+                        (key, job_id, "user", input_text, now, session_key),
+                        (key, job_id, "assistant", result, now, session_key),
                     ],
                 )
-                if result:  # the reply, once: keyed by the job
+                if channel == "whatsapp" and result:  # the reply, once: keyed by the job
                     reply_id = insert_outbound(
                         db,
                         now,
@@ -290,6 +366,8 @@ class LocalJobs:
                     job_id,
                 ),
             )
+            if new_status == "queued":
+                db.execute(_BUMP_JOBS_VERSION)
         return new_status
 
     def get_job(self, job_id: str) -> dict[str, Any]:
@@ -320,7 +398,7 @@ class LocalJobs:
         if not message.text:
             return  # nothing to answer; the message itself is recorded
         try:
-            conversation = Conversation(
+            conversation = WhatsAppConversation(
                 channel="whatsapp",
                 account_id=account_id,
                 contact=message.sender.removeprefix("+"),
@@ -336,14 +414,26 @@ class LocalJobs:
             idempotency_key=f"whatsapp:{message.provider_id}",
         )
 
-    def conversation_history(self, conversation: Conversation, limit: int) -> list[Turn]:
+    def conversation_history(
+        self, conversation: Conversation, session_key: str, limit: int
+    ) -> list[Turn]:
         rows = self._read(
             "SELECT role, content, job_id, at FROM ("
-            " SELECT rowid, role, content, job_id, at FROM turns WHERE conversation_key = ?"
+            " SELECT rowid, role, content, job_id, at FROM turns"
+            " WHERE conversation_key = ? AND session_key = ?"
             " ORDER BY at DESC, rowid DESC LIMIT ?) ORDER BY at, rowid",
-            (conversation_key(conversation), limit),
+            (conversation.key, session_key, limit),
         )
         return [Turn(role=r, content=c, job_id=j, at=a) for r, c, j, a in rows]
+
+    def _end_jobs_of(self, db: sqlite3.Connection, agent_id: str, now: int) -> None:
+        """Fail the removed agent's unfinished jobs, fencing a claim still running one."""
+        db.execute(
+            "UPDATE jobs SET status = 'failed', error = 'agent removed', claim_token = NULL,"
+            " locked_until = NULL, updated_at = ?"
+            " WHERE agent_id = ? AND status IN ('queued', 'running')",
+            (now, agent_id),
+        )
 
 
 def _claimed(db: sqlite3.Connection, job_id: str, claim_token: str) -> JobStatus:
@@ -357,16 +447,31 @@ def _claimed(db: sqlite3.Connection, job_id: str, claim_token: str) -> JobStatus
     return cast(JobStatus, row[0])
 
 
-def _conversation(account_id: str | None, contact: str | None) -> Conversation | None:
-    if account_id is None or contact is None:
-        return None
-    return Conversation(channel="whatsapp", account_id=account_id, contact=contact)
+def _stored(conversation: Conversation | None) -> tuple[str | None, str | None]:
+    """The conversation's (account_id, contact) columns; a direct one's id is its contact."""
+    if isinstance(conversation, WhatsAppConversation):
+        return conversation.account_id, conversation.contact
+    if isinstance(conversation, DirectConversation):
+        return None, conversation.id
+    return None, None
+
+
+def _conversation(
+    channel: str | None, account_id: str | None, contact: str | None
+) -> Conversation | None:
+    if channel == "whatsapp" and account_id is not None and contact is not None:
+        return WhatsAppConversation(channel="whatsapp", account_id=account_id, contact=contact)
+    if channel == "direct" and contact is not None:
+        return DirectConversation(channel="direct", id=contact)
+    return None
 
 
 def _job_row(row: tuple[Any, ...]) -> dict[str, Any]:
     (
         job_id,
         agent_id,
+        kind,
+        channel,
         account_id,
         contact,
         input_text,
@@ -383,10 +488,11 @@ def _job_row(row: tuple[Any, ...]) -> dict[str, Any]:
         created_at,
         updated_at,
     ) = row
-    conversation = _conversation(account_id, contact)
+    conversation = _conversation(channel, account_id, contact)
     return {
         "id": job_id,
         "agentId": agent_id,
+        "kind": kind,
         "conversation": conversation.model_dump(by_alias=True) if conversation else None,
         "input": input_text,
         "status": status,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from messages import AgentRecord, Heartbeat
-from messages.jobs import ClaimedJob, Conversation, JobStatus, Turn, Usage
+from messages.jobs import ClaimedJob, Conversation, JobKind, JobStatus, Turn, Usage
 from messages.whatsapp import (
     ClaimedMessage,
     InboundMessage,
@@ -39,7 +39,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def list_agents(self) -> list[dict[str, Any]]:
         """Every agent's configuration, oldest first, as raw camelCase rows
-        (`id, name, sessionKey, heartbeatIntervalMs, updatedAt`).
+        (`id, name, sessionKey, heartbeatIntervalMs, instructions, model, wakeupPrompt,
+        wakeupIntervalMs, updatedAt`; the optional ones null when unset).
 
         No presence: heartbeats never change this list. Rows are not validated here: the
         caller validates each one (`messages.parse_agent_rows`), so one bad row cannot
@@ -222,9 +223,12 @@ class Backend(abc.ABC):
         input_text: str,
         conversation: Conversation | None = None,
         idempotency_key: str | None = None,
+        *,
+        kind: JobKind = "task",
     ) -> str:
         """Queue a job for the agent and return its id; a repeated `idempotency_key`
-        returns the first job's id.
+        returns the first job's id. A `wakeup` job is queued only if the agent has no
+        queued or running one; otherwise that one's id is returned.
 
         Raises:
             AgentNotFound: no such agent.
@@ -254,13 +258,31 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
+    def release_job(self, job_id: str, claim_token: str) -> bool:
+        """Give the claim back: the job is queued again at once, without counting an
+        attempt (its agent moved, or the worker stops). False if the claim is not current."""
+
+    @abc.abstractmethod
+    def jobs_version(self) -> str:
+        """A cheap change signal: a value that changes whenever a job becomes claimable
+        by an event (enqueued, failed back to the queue, released, or its expired lock
+        put back by a claim); a retry whose time comes changes nothing."""
+
+    @abc.abstractmethod
     def complete_job(
-        self, job_id: str, claim_token: str, *, result: str, usage: Usage, steps: int
+        self,
+        job_id: str,
+        claim_token: str,
+        *,
+        session_key: str,
+        result: str,
+        usage: Usage,
+        steps: int,
     ) -> str | None:
-        """Mark the job done with its result, append the turn to its conversation, and
-        queue the reply of a WhatsApp conversation (once, keyed by the job): all in one
-        transaction. Returns the reply's outbound id (None without a conversation).
-        Idempotent for the same claim.
+        """Mark the job done with its result, append the turn to its conversation in the
+        agent session `session_key`, and queue the reply of a WhatsApp conversation (once,
+        keyed by the job): all in one transaction. Returns the reply's outbound id (None
+        without a WhatsApp conversation). Idempotent for the same claim.
 
         Raises:
             Fenced: the claim is not current.
@@ -298,8 +320,11 @@ class Backend(abc.ABC):
         """Jobs, oldest first (at most 1000), as `get_job` rows."""
 
     @abc.abstractmethod
-    def conversation_history(self, conversation: Conversation, limit: int) -> list[Turn]:
-        """The conversation's last `limit` turns, oldest first."""
+    def conversation_history(
+        self, conversation: Conversation, session_key: str, limit: int
+    ) -> list[Turn]:
+        """The last `limit` turns of the conversation in the agent session `session_key`,
+        oldest first."""
 
     # --- administration (the `agents` CLI) -----------------------------------------
 
@@ -310,10 +335,16 @@ class Backend(abc.ABC):
         heartbeat_interval_ms: int,
         session_key: str | None = None,
         idempotency_key: str | None = None,
+        *,
+        instructions: str | None = None,
+        model: str | None = None,
+        wakeup_prompt: str | None = None,
+        wakeup_interval_ms: int | None = None,
     ) -> AgentRecord:
         """Create an agent (offline until a worker beats for it) and return it. A repeated
         `idempotency_key` returns the agent the first call created and creates none, so a
-        create whose answer was lost can be retried.
+        create whose answer was lost can be retried. Empty `instructions`, `model` or
+        `wakeup_prompt` are unset.
 
         Raises:
             InvalidAgent: the name or interval is not acceptable.
@@ -327,8 +358,13 @@ class Backend(abc.ABC):
         name: str | None = None,
         heartbeat_interval_ms: int | None = None,
         session_key: str | None = None,
+        instructions: str | None = None,
+        model: str | None = None,
+        wakeup_prompt: str | None = None,
+        wakeup_interval_ms: int | None = None,
     ) -> AgentRecord:
-        """Change the given fields (None leaves a field as it is) and return the agent.
+        """Change the given fields (None leaves a field as it is; `""`, or 0 for
+        `wakeup_interval_ms`, clears an optional one) and return the agent.
 
         Raises:
             AgentNotFound: no agent has this id.
@@ -337,7 +373,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def remove_agent(self, agent_id: str) -> None:
-        """Delete the agent and its presence.
+        """Delete the agent and its presence; its queued and running jobs fail
+        (`agent removed`), so a worker still running one is fenced.
 
         Raises:
             AgentNotFound: no agent has this id.

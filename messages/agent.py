@@ -3,7 +3,7 @@
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from messages._base import Message
 from messages.text import CONTROL_CHARACTER, SHOWN_VALUE_CHARS, Label, shown
@@ -16,7 +16,27 @@ PRESENCE_TTL_INTERVALS = 3
 (on both backends, in /health and /agents): a dead worker cannot mark its agents offline,
 so presence expires."""
 
-CONFIG_FIELDS = frozenset({"id", "name", "session_key", "heartbeat_interval_ms", "updated_at"})
+MAX_INSTRUCTIONS_CHARS = 16_384
+"""The longest system prompt an agent record may carry."""
+
+MAX_PROMPT_CHARS = 32_768
+"""The longest wake-up prompt (a job's input: `messages.jobs.MAX_INPUT_CHARS`)."""
+
+MIN_WAKEUP_INTERVAL_MS = 1_000
+
+CONFIG_FIELDS = frozenset(
+    {
+        "id",
+        "name",
+        "session_key",
+        "heartbeat_interval_ms",
+        "instructions",
+        "model",
+        "wakeup_prompt",
+        "wakeup_interval_ms",
+        "updated_at",
+    }
+)
 """The fields a sync compares; presence (status, last_heartbeat_at) changes on every beat."""
 
 
@@ -36,22 +56,43 @@ EpochMs = Annotated[int, BeforeValidator(_whole_number), Field(ge=0)]
 HeartbeatIntervalMs = Annotated[
     int, BeforeValidator(_whole_number), Field(gt=0, le=MAX_HEARTBEAT_INTERVAL_MS)
 ]
+WakeupIntervalMs = Annotated[
+    int,
+    BeforeValidator(_whole_number),
+    Field(ge=MIN_WAKEUP_INTERVAL_MS, le=MAX_HEARTBEAT_INTERVAL_MS),
+]
 
 
 class AgentRecord(Message):
     """One agent as the backend describes it.
 
-    Configuration (name, session key, interval) is set by the operator; presence
-    (status, last heartbeat) is written by the runtime.
+    Configuration (name, session key, interval; what its jobs run with: instructions,
+    model, and the wake-up turn) is set by the operator; presence (status, last
+    heartbeat) is written by the runtime.
     """
 
     id: Annotated[str, Field(min_length=1, strict=True)]
     name: Label
     session_key: Label
     heartbeat_interval_ms: HeartbeatIntervalMs
+    instructions: Annotated[str, Field(min_length=1, max_length=MAX_INSTRUCTIONS_CHARS)] | None = (
+        None
+    )
+    """The system prompt of its jobs."""
+    model: Label | None = None
+    """The model its jobs call (None: the worker's MODEL)."""
+    wakeup_prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = None
+    """The input of the job it is given every `wakeup_interval_ms`."""
+    wakeup_interval_ms: WakeupIntervalMs | None = None
     status: Literal["online", "offline"] = "offline"
     last_heartbeat_at: EpochMs | None = None
     updated_at: EpochMs
+
+    @model_validator(mode="after")
+    def _wakeup_pair(self) -> "AgentRecord":
+        if (self.wakeup_prompt is None) != (self.wakeup_interval_ms is None):
+            raise ValueError("wakeupPrompt and wakeupIntervalMs go together")
+        return self
 
     def same_config(self, other: "AgentRecord") -> bool:
         """True when nothing but presence differs between the two records."""

@@ -3,7 +3,7 @@ continues. Semantics in contract/README.md ("Jobs")."""
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
 from messages._base import Message
 from messages.agent import EpochMs
@@ -15,13 +15,39 @@ MAX_INPUT_CHARS = 32_768
 
 JobStatus = Literal["queued", "running", "done", "failed", "dead"]
 
+JobKind = Literal["task", "wakeup"]
+"""A wake-up job (an agent's periodic turn) is queued only when its agent has none
+pending; a task always is."""
 
-class Conversation(Message):
-    """Where a job's turns belong: a WhatsApp contact of an account."""
+
+class WhatsAppConversation(Message):
+    """A WhatsApp contact of an account: the job's result is sent back to it."""
 
     channel: Literal["whatsapp"]
     account_id: Label
     contact: Annotated[str, Field(pattern=PHONE_NUMBER_PATTERN)]
+
+    @property
+    def key(self) -> str:
+        """The conversation's key in the backend."""
+        return f"whatsapp:{self.account_id}:{self.contact}"
+
+
+class DirectConversation(Message):
+    """A conversation named by its caller (the CLI's `--conversation ID`): it keeps its
+    turns, and nothing is sent anywhere."""
+
+    channel: Literal["direct"]
+    id: Label
+
+    @property
+    def key(self) -> str:
+        """The conversation's key in the backend."""
+        return f"direct:{self.id}"
+
+
+Conversation = Annotated[WhatsAppConversation | DirectConversation, Field(discriminator="channel")]
+"""Where a job's turns belong."""
 
 
 class Usage(Message):
@@ -49,3 +75,6 @@ class Turn(Message):
     content: str
     job_id: str
     at: EpochMs
+
+CONVERSATION: TypeAdapter[WhatsAppConversation | DirectConversation] = TypeAdapter(Conversation)
+"""Validates a conversation given as a mapping (`CONVERSATION.validate_python(value)`)."""

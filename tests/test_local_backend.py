@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_runtime.errors import WorkerIdTaken
+from agent_runtime.errors import InvalidAgent, WorkerIdTaken
 from backend.local import MAX_CLOCK_AHEAD_MS, SCHEMA_VERSION, LocalBackend
 from messages import Heartbeat
 from messages.whatsapp import StatusUpdate
@@ -187,3 +187,63 @@ def test_a_file_of_schema_2_gains_the_status_columns(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("SELECT count(*) FROM whatsapp_statuses").fetchone()[0] == 2
+
+
+def test_a_file_of_schema_4_gains_agent_settings_job_kinds_and_sessions(tmp_path: Path) -> None:
+    path = tmp_path / "v4.db"
+    backend = LocalBackend(path)
+    agent_id = backend.create_agent("old", 1000).id
+    backend.close()
+    with sqlite3.connect(path) as db:  # as schema 4 made it, with a conversation's job
+        db.executescript(
+            f"""
+            ALTER TABLE agents DROP COLUMN instructions;
+            ALTER TABLE agents DROP COLUMN model;
+            ALTER TABLE agents DROP COLUMN wakeup_prompt;
+            ALTER TABLE agents DROP COLUMN wakeup_interval_ms;
+            ALTER TABLE jobs DROP COLUMN kind;
+            ALTER TABLE jobs DROP COLUMN channel;
+            ALTER TABLE turns DROP COLUMN session_key;
+            INSERT INTO jobs (id, agent_id, conversation_key, account_id, contact, input,
+                status, not_before, created_at, updated_at)
+                VALUES ('j1', '{agent_id}', 'whatsapp:acct:15550001', 'acct', '15550001',
+                'hi', 'queued', 0, 0, 0);
+            PRAGMA user_version = 4;
+            """
+        )
+    backend = LocalBackend(path)
+    (row,) = backend.list_agents()
+    assert (row["instructions"], row["wakeupIntervalMs"]) == (None, None)
+    job = backend.get_job("j1")
+    assert (job["kind"], job["conversation"]["channel"]) == ("task", "whatsapp")
+    backend.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_agent_settings_are_stored_checked_in_pairs_and_cleared_by_empty_values(
+    backend: LocalBackend,
+) -> None:
+    created = backend.create_agent(
+        "scout",
+        5000,
+        instructions="Be brief.",
+        model="gpt-4o-mini",
+        wakeup_prompt="check the queue",
+        wakeup_interval_ms=60_000,
+    )
+    (row,) = backend.list_agents()
+    assert (row["instructions"], row["model"], row["wakeupPrompt"], row["wakeupIntervalMs"]) == (
+        "Be brief.",
+        "gpt-4o-mini",
+        "check the queue",
+        60_000,
+    )
+    with pytest.raises(InvalidAgent, match="wakeupPrompt and wakeupIntervalMs go together"):
+        backend.update_agent(created.id, wakeup_prompt="")
+    with pytest.raises(InvalidAgent, match="wakeup_interval_ms"):
+        backend.update_agent(created.id, wakeup_interval_ms=10)
+    cleared = backend.update_agent(created.id, model="", wakeup_prompt="", wakeup_interval_ms=0)
+    assert (cleared.model, cleared.wakeup_prompt, cleared.wakeup_interval_ms) == (None, None, None)
+    assert cleared.instructions == "Be brief."
+    assert backend.list_agents()[0]["model"] is None
