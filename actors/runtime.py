@@ -1,7 +1,7 @@
 """Runtime: the root supervisor. Wires the role's actors and owns the shutdown order.
 
-Children are started in order (HeartbeatWriter, SyncActor, Membership, LeaseActor, as
-the role has them) and stopped in reverse, after the Membership has deregistered this
+Children are started in order (HeartbeatWriter, JobDispatcher, SyncActor, Membership,
+LeaseActor, as the role has them) and stopped in reverse, after the Membership has deregistered this
 worker (so the other workers take its agents while it stops them), all within one stop
 deadline; the LeaseActor's stop drains its sender and releases the lease. A crashed
 child is restarted with backoff together with its siblings (OTP's one_for_all: the
@@ -25,6 +25,9 @@ from actors.agents.heartbeat_writer import HeartbeatWriter
 from actors.agents.membership import Membership
 from actors.agents.sync import SyncActor
 from actors.dispatcher import Dispatcher
+from actors.jobs.dispatcher import JobDispatcher
+from actors.jobs.models import ModelProvider
+from actors.jobs.runner import AgentJobs, JobOptions, JobRunner
 from actors.scheduler import Scheduler, Timers
 from actors.supervision import DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_S, RestartIntensity
 from actors.whatsapp.lease import LeaseActor
@@ -33,6 +36,7 @@ from actors.whatsapp.transport import Transport
 from agent_runtime.backoff import DEFAULT_BACKOFF, Backoff
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
+from agent_runtime.tools import ToolRegistry
 from backend.port import Backend, Watch
 from messages import AgentsChanged, ChildFailed, Deregister, RequestSync, TimerFired
 from messages.whatsapp import LeaseHeld
@@ -63,6 +67,16 @@ class WhatsAppOptions:
 
 
 @dataclass(frozen=True)
+class JobsOptions:
+    """How the agents' jobs run: at most `concurrency` at once (0: none claimed)."""
+
+    concurrency: int
+    options: JobOptions
+    provider: ModelProvider
+    tools: ToolRegistry
+
+
+@dataclass(frozen=True)
 class RuntimeOptions:
     """What the Runtime needs to know about its role and timing."""
 
@@ -73,6 +87,8 @@ class RuntimeOptions:
     worker_ttl_ms: int
     whatsapp: WhatsAppOptions | None = None
     """The lease and sender of one WhatsApp account, on the roles that send."""
+    jobs: JobsOptions | None = None
+    """The agents' jobs, on the roles that run agents (None: agents run no jobs)."""
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
     backoff: Backoff = DEFAULT_BACKOFF
     intensity: tuple[int, float] = (DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_S)
@@ -101,6 +117,7 @@ class Runtime(pykka.ThreadingActor):
         self._scheduler = Scheduler()
         self._timers = Timers(self._scheduler, self.actor_ref)
         self._dispatcher: Dispatcher | None = None
+        self._job_runner: JobRunner | None = None
         self._watch: Watch | None = None
         self._intensity = RestartIntensity(*options.intensity)
         self._consecutive_failures = 0
@@ -110,6 +127,7 @@ class Runtime(pykka.ThreadingActor):
         self._instance_id = secrets.token_hex(8)
         """This process's registration, kept across restarts of the Membership."""
         self.writer: pykka.ActorRef[HeartbeatWriter] | None = None
+        self.jobs: pykka.ActorRef[JobDispatcher] | None = None
         self.sync: pykka.ActorRef[SyncActor] | None = None
         self.membership: pykka.ActorRef[Membership] | None = None
         self.lease: pykka.ActorRef[LeaseActor] | None = None
@@ -120,6 +138,15 @@ class Runtime(pykka.ThreadingActor):
         if self._options.runs_agents:
             self._dispatcher = Dispatcher("agents", AGENT_DISPATCHER_THREADS)
             self._watch = self._backend.watch_agents(self._agents_changed)
+            if self._options.jobs is not None:
+                jobs = self._options.jobs
+                self._job_runner = JobRunner(
+                    self._backend,
+                    jobs.provider,
+                    jobs.tools,
+                    jobs.options,
+                    threads=jobs.concurrency,
+                )
         self._start_children()
 
     def _agents_changed(self) -> None:
@@ -141,6 +168,19 @@ class Runtime(pykka.ThreadingActor):
             scheduler=self._scheduler,
             status_board=self._board,
         )
+        agent_jobs: AgentJobs | None = None
+        if self._job_runner is not None:
+            assert self._options.jobs is not None
+            self.jobs = JobDispatcher.start(
+                supervisor=self.actor_ref,
+                backend=self._backend,
+                scheduler=self._scheduler,
+                status_board=self._board,
+                worker_id=self._options.worker_id,
+                options=self._options.jobs.options,
+                concurrency=self._options.jobs.concurrency,
+            )
+            agent_jobs = AgentJobs(dispatcher=self.jobs, runner=self._job_runner)
         self.sync = SyncActor.start(
             supervisor=self.actor_ref,
             backend=self._backend,
@@ -152,6 +192,7 @@ class Runtime(pykka.ThreadingActor):
             sync_interval_s=self._options.sync_interval_s,
             poll_change_signal=self._watch is None,
             backoff=self._options.backoff,
+            jobs=agent_jobs,
         )
         self.membership = Membership.start(
             supervisor=self.actor_ref,
@@ -198,7 +239,7 @@ class Runtime(pykka.ThreadingActor):
     def _stop_children(self, deadline_s: float) -> None:
         """Stop the children in reverse start order, each within what is left until
         `deadline_s`; one that does not stop in time is abandoned (daemon threads)."""
-        for name in ("lease", "membership", "sync", "writer"):
+        for name in ("lease", "membership", "sync", "jobs", "writer"):
             ref = getattr(self, name)
             setattr(self, name, None)
             if ref is None:
@@ -273,6 +314,8 @@ class Runtime(pykka.ThreadingActor):
         # Each is stopped even if an earlier one fails: change feed, agents, then timers.
         with contextlib.ExitStack() as stops:
             stops.callback(self._scheduler.stop, THREAD_STOP_TIMEOUT_S)
+            if self._job_runner is not None:
+                stops.callback(self._job_runner.shutdown)
             if self._dispatcher is not None:
                 stops.callback(self._dispatcher.shutdown, THREAD_STOP_TIMEOUT_S)
             if self._watch is not None:

@@ -37,3 +37,25 @@ WHATSAPP_UNCERTAIN_SENDS = Counter(
     "agent_runtime_whatsapp_uncertain_sends",
     "Sends that Meta may have accepted without the backend recording them (possible duplicates)",
 )
+JOB_DURATION = Histogram(
+    "agent_runtime_job_duration_seconds",
+    "Duration of one job run, by outcome (done, retry, failed, dead, abandoned)",
+    labelnames=("outcome",),
+    buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+JOBS_CLAIMED = Counter("agent_runtime_jobs_claimed", "Jobs this worker claimed")
+MODEL_LATENCY = Histogram(
+    "agent_runtime_model_latency_seconds",
+    "Duration of one model call (retries inside the provider included)",
+    buckets=(0.001, 0.01, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+)
+MODEL_TOKENS = Counter(
+    "agent_runtime_model_tokens",
+    "Model tokens used, by direction (input, output)",
+    labelnames=("direction",),
+)
+TOOL_CALLS = Counter(
+    "agent_runtime_tool_calls",
+    "Tool calls a model asked for, by tool (unknown for unregistered names) and ok",
+    labelnames=("tool", "ok"),
+)

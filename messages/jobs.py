@@ -1,7 +1,7 @@
 """Job values: what an agent is asked to do, as claimed, and the conversation it
 continues. Semantics in contract/README.md ("Jobs")."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
 
@@ -76,5 +76,75 @@ class Turn(Message):
     job_id: str
     at: EpochMs
 
+
 CONVERSATION: TypeAdapter[WhatsAppConversation | DirectConversation] = TypeAdapter(Conversation)
 """Validates a conversation given as a mapping (`CONVERSATION.validate_python(value)`)."""
+
+
+# --- between the JobDispatcher, the AgentActors and the job threads --------------------
+
+
+class AgentReady(Message):
+    """AgentActor -> JobDispatcher: this agent runs here now; hand its jobs to `ref`."""
+
+    agent_id: str
+    ref: Any
+    """The AgentActor's `pykka.ActorRef`."""
+
+
+class AgentGone(Message):
+    """AgentActor -> JobDispatcher: this agent's actor stopped (moved, removed, crashed
+    or the worker stops); its running job, if any, is abandoned and its claim given back."""
+
+    agent_id: str
+    ref: Any
+    """The stopped actor's ref: a newer actor of the same agent is not forgotten."""
+
+
+class RunJob(Message):
+    """JobDispatcher -> AgentActor: run this claimed job in your session."""
+
+    job: ClaimedJob
+    control: Any
+    """The job's `actors.jobs.runner.JobControl`: the dispatcher extends its lock deadline
+    as it renews the claim, and cancels it when the claim is lost."""
+
+
+JobOutcome = Literal["done", "retry", "failed", "dead", "abandoned"]
+"""How a run ended: `retry` is queued again (with backoff), `abandoned` left the job to
+whoever holds its claim now (it completed nothing)."""
+
+
+class JobEnded(Message):
+    """Job thread -> AgentActor and JobDispatcher: the run is over."""
+
+    job_id: str
+    agent_id: str
+    outcome: JobOutcome
+    error: str | None = None
+    retry_at_ms: int | None = None
+    """When a `retry` job can run again."""
+
+
+class RunClaim(Message):
+    """JobDispatcher -> itself: run the one queued claim round (requests coalesce)."""
+
+
+class WakeUp(Message):
+    """AgentActor -> JobDispatcher: queue this agent's wake-up job (if none is pending)."""
+
+    agent_id: str
+    prompt: str
+
+
+class JobsStatus(Message):
+    """The JobDispatcher's view, for /health."""
+
+    concurrency: int
+    running: int
+    completed: int
+    retried: int
+    failed: int
+    dead: int
+    abandoned: int
+    last_error: str | None

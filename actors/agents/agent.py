@@ -7,15 +7,18 @@ from typing import Any
 import pykka
 
 from actors.dispatcher import Dispatcher, PooledActor
+from actors.jobs.runner import AgentJobs, JobRun
 from actors.scheduler import Scheduler, Timers
 from actors.supervision import Supervised
 from agent_runtime import logs, metrics
 from agent_runtime.clock import monotonic_s, now_ms
 from messages import AgentRecord, Heartbeat, TimerFired, UpdateAgent
+from messages.jobs import AgentGone, AgentReady, RunJob, WakeUp
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_TIMER = "heartbeat"
+WAKEUP_TIMER = "wakeup"
 
 
 class AgentSession:
@@ -38,6 +41,11 @@ def thread_name(record: AgentRecord) -> str:
 
 class AgentActor(Supervised, PooledActor):
     """Keeps one agent online: beats every `heartbeatIntervalMs` to the HeartbeatWriter.
+    Runs its jobs in its session: the JobDispatcher hands it each claimed job (`RunJob`),
+    and it starts the run on the job pool with its record and session, so its own
+    thread never blocks on a model call and its beats keep their schedule. With a
+    `wakeupPrompt`, it asks for its wake-up job every `wakeupIntervalMs` (the first one
+    an interval after it starts here).
 
     Runs on the agents' Dispatcher (thousands of agents, a few threads); while a thread
     runs it, the thread is named after the agent.
@@ -56,10 +64,12 @@ class AgentActor(Supervised, PooledActor):
         scheduler: Scheduler,
         heartbeat_writer: pykka.ActorRef[Any],
         first_heartbeat_delay_s: float,
+        jobs: AgentJobs | None = None,
     ) -> None:
         super().__init__(supervisor=supervisor, child_id=record.id, dispatcher=dispatcher)
         self.record = record
         self._heartbeat_writer = heartbeat_writer
+        self._jobs = jobs
         self._first_heartbeat_delay_s = first_heartbeat_delay_s
         self._session: AgentSession | None = None
         self.timers = Timers(scheduler, self.actor_ref)
@@ -84,15 +94,42 @@ class AgentActor(Supervised, PooledActor):
             self.record.heartbeat_interval_ms,
             self._first_heartbeat_delay_s,
         )
+        if self._jobs is not None:
+            self._jobs.dispatcher.tell(AgentReady(agent_id=self.record.id, ref=self.actor_ref))
+            self._schedule_wakeup()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, TimerFired):
-            if self.timers.accept(message) and message.key == HEARTBEAT_TIMER:
-                self._beat(message)
+            if self.timers.accept(message):
+                if message.key == HEARTBEAT_TIMER:
+                    self._beat(message)
+                elif message.key == WAKEUP_TIMER:
+                    self._wake_up()
+        elif isinstance(message, RunJob):
+            self._run(message)
         elif isinstance(message, UpdateAgent):
             self._update(message.record)
         else:
             super().on_receive(message)
+
+    def _run(self, message: RunJob) -> None:
+        assert self._jobs is not None  # only agents registered with the dispatcher get jobs
+        logger.debug("job %s handed over", message.job.id)
+        self._jobs.runner.submit(
+            JobRun(job=message.job, control=message.control, agent=self.record),
+            self._jobs.tell,
+        )
+
+    def _schedule_wakeup(self) -> None:
+        if self.record.wakeup_interval_ms is None:
+            self.timers.cancel(WAKEUP_TIMER)
+            return
+        interval_s = self.record.wakeup_interval_ms / 1000
+        self.timers.start_periodic(WAKEUP_TIMER, interval_s, initial_delay_s=interval_s)
+
+    def _wake_up(self) -> None:
+        if self._jobs is not None and self.record.wakeup_prompt is not None:
+            self._jobs.tell(WakeUp(agent_id=self.record.id, prompt=self.record.wakeup_prompt))
 
     def _beat(self, tick: TimerFired) -> None:
         now_s = monotonic_s()
@@ -130,10 +167,14 @@ class AgentActor(Supervised, PooledActor):
                 new.heartbeat_interval_ms,
                 old.heartbeat_interval_ms,
             )
+        if self._jobs is not None and new.wakeup_interval_ms != old.wakeup_interval_ms:
+            self._schedule_wakeup()
         logger.debug("record updated")
 
     def cleanup(self, crashed: bool) -> None:
         self.timers.cancel_all()
+        if self._jobs is not None:
+            self._jobs.tell(AgentGone(agent_id=self.record.id, ref=self.actor_ref))
         if self._session is not None:
             self._session.close()
             self._session = None

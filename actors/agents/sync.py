@@ -25,6 +25,7 @@ from actors.agents.agent import AgentActor
 from actors.agents.heartbeat_writer import HeartbeatWriter
 from actors.agents.ownership import Owners
 from actors.dispatcher import Dispatcher
+from actors.jobs.runner import AgentJobs
 from actors.scheduler import Scheduler, Timers
 from actors.supervision import SupervisedActor
 from agent_runtime import metrics
@@ -202,8 +203,10 @@ class SyncActor(SupervisedActor):
         sync_interval_s: float,
         poll_change_signal: bool = True,
         backoff: Backoff = DEFAULT_BACKOFF,
+        jobs: AgentJobs | None = None,
     ) -> None:
         super().__init__(supervisor=supervisor, child_id="sync")
+        self._jobs = jobs
         self._backend = backend
         self._scheduler = scheduler
         self._dispatcher = dispatcher
@@ -403,6 +406,7 @@ class SyncActor(SupervisedActor):
             scheduler=self._scheduler,
             heartbeat_writer=self._writer,
             first_heartbeat_delay_s=max(0.0, first_heartbeat_delay_s),
+            jobs=self._jobs,
         )
 
     def _stop_agents(self, agent_ids: Sequence[str], offline: Sequence[str]) -> None:

@@ -37,6 +37,15 @@ DEFAULT_WHATSAPP_SEND_TIMEOUT_MS = 10_000
 DEFAULT_WHATSAPP_MAX_ATTEMPTS = 5
 DEFAULT_WHATSAPP_PAUSE_RETRY_MS = 300_000
 DEFAULT_WHATSAPP_MAX_MPS = 80
+DEFAULT_JOB_CONCURRENCY = 8
+MAX_JOB_CONCURRENCY = 256
+DEFAULT_JOB_LOCK_MS = 60_000
+DEFAULT_JOB_MAX_ATTEMPTS = 3
+DEFAULT_JOB_HISTORY_TURNS = 20
+DEFAULT_JOB_MAX_STEPS = 8
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_MODEL_TIMEOUT_MS = 60_000
 WORKER_TTL_HEARTBEATS = 3
 """A registration must outlive this many renewals, so one late renewal is not a death."""
 
@@ -254,6 +263,80 @@ class Settings(BaseSettings):
             alias="WHATSAPP_MAX_MPS", ge=1, le=1000, description="messages per second, 1 to 1000"
         ),
     ] = DEFAULT_WHATSAPP_MAX_MPS
+    whatsapp_agent_id: Annotated[
+        Label | None,
+        Field(
+            alias="WHATSAPP_AGENT_ID",
+            description=f"the id of the agent inbound messages go to, {LABEL_RULE}",
+        ),
+    ] = None
+    job_concurrency: Annotated[
+        int,
+        Field(
+            alias="JOB_CONCURRENCY",
+            ge=0,
+            le=MAX_JOB_CONCURRENCY,
+            description=f"jobs run at once by this process, 0 (none) to {MAX_JOB_CONCURRENCY}",
+        ),
+    ] = DEFAULT_JOB_CONCURRENCY
+    job_lock_ms: Annotated[
+        int,
+        Field(
+            alias="JOB_LOCK_MS",
+            ge=4_000,
+            le=600_000,
+            description="whole milliseconds from 4000 to 600000",
+        ),
+    ] = DEFAULT_JOB_LOCK_MS
+    job_max_attempts: Annotated[
+        int, Field(alias="JOB_MAX_ATTEMPTS", ge=1, le=100, description="from 1 to 100")
+    ] = DEFAULT_JOB_MAX_ATTEMPTS
+    job_history_turns: Annotated[
+        int, Field(alias="JOB_HISTORY_TURNS", ge=0, le=200, description="from 0 to 200")
+    ] = DEFAULT_JOB_HISTORY_TURNS
+    job_max_steps: Annotated[
+        int, Field(alias="JOB_MAX_STEPS", ge=1, le=100, description="from 1 to 100")
+    ] = DEFAULT_JOB_MAX_STEPS
+    model_provider: Annotated[
+        Literal["echo", "openai"] | None,
+        Field(
+            alias="MODEL_PROVIDER",
+            description="echo or openai (default: echo on the embedded backend, openai on Convex)",
+        ),
+    ] = None
+    openai_base_url: Annotated[
+        str,
+        Field(
+            alias="OPENAI_BASE_URL",
+            pattern=r"^https?://[A-Za-z0-9.:\[\]-]+(/[^\s?#]*)?$",
+            description="the API's base URL, such as https://api.openai.com/v1",
+        ),
+    ] = DEFAULT_OPENAI_BASE_URL
+    openai_api_key: Annotated[
+        SecretStr | None,
+        Field(
+            alias="OPENAI_API_KEY",
+            min_length=1,
+            description="an API key, without surrounding spaces or newlines",
+        ),
+    ] = None
+    model: Annotated[Label, Field(alias="MODEL", description=f"a model name of {LABEL_RULE}")] = (
+        DEFAULT_MODEL
+    )
+    model_timeout_ms: Annotated[
+        int,
+        Field(
+            alias="MODEL_TIMEOUT_MS",
+            ge=1000,
+            le=600_000,
+            description="whole milliseconds from 1000 to 600000",
+        ),
+    ] = DEFAULT_MODEL_TIMEOUT_MS
+    tools_modules: Annotated[
+        tuple[str, ...],
+        NoDecode,
+        Field(alias="TOOLS_MODULES", description="comma-separated module paths"),
+    ] = ()
     agent_debug: Annotated[
         frozenset[str],
         NoDecode,
@@ -273,6 +356,12 @@ class Settings(BaseSettings):
         "whatsapp_max_attempts",
         "whatsapp_pause_retry_ms",
         "whatsapp_max_mps",
+        "job_concurrency",
+        "job_lock_ms",
+        "job_max_attempts",
+        "job_history_turns",
+        "job_max_steps",
+        "model_timeout_ms",
         mode="before",
     )
     @classmethod
@@ -288,17 +377,23 @@ class Settings(BaseSettings):
         return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator(
-        "log_format", "app_env", "role", "agent_sync_mode", "whatsapp_transport", mode="before"
+        "log_format",
+        "app_env",
+        "role",
+        "agent_sync_mode",
+        "whatsapp_transport",
+        "model_provider",
+        mode="before",
     )
     @classmethod
     def _lower_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("agent_debug", mode="before")
+    @field_validator("agent_debug", "tools_modules", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return frozenset(part.strip() for part in value.split(",") if part.strip())
+            return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
     @field_validator(
@@ -308,6 +403,9 @@ class Settings(BaseSettings):
         "whatsapp_access_token",
         "whatsapp_app_secret",
         "whatsapp_verify_token",
+        "whatsapp_agent_id",
+        "model_provider",
+        "openai_api_key",
         mode="before",
     )
     @classmethod
@@ -329,6 +427,7 @@ class Settings(BaseSettings):
         "whatsapp_access_token",
         "whatsapp_app_secret",
         "whatsapp_verify_token",
+        "openai_api_key",
         mode="after",
     )
     @classmethod
@@ -355,6 +454,16 @@ class Settings(BaseSettings):
                 f" = {WORKER_TTL_HEARTBEATS * self.worker_heartbeat_ms}"
             )
         self._whatsapp_shape()
+        if (
+            self.provider == "openai"
+            and self.openai_api_key is None
+            and self.openai_base_url.rstrip("/") == DEFAULT_OPENAI_BASE_URL
+        ):
+            raise ValueError(
+                f"OPENAI_API_KEY is required for MODEL_PROVIDER='openai' with"
+                f" OPENAI_BASE_URL='{DEFAULT_OPENAI_BASE_URL}' (the default on Convex):"
+                " expected a key, or MODEL_PROVIDER=echo, or the URL of a server that needs none"
+            )
         if self.agent_sync_mode == "subscribe" and self.convex_url is None:
             raise ValueError(
                 "AGENT_SYNC_MODE='subscribe' needs CONVEX_URL: expected poll with the"
@@ -401,6 +510,14 @@ class Settings(BaseSettings):
         return self.enable_whatsapp and configured
 
     @property
+    def provider(self) -> Literal["echo", "openai"]:
+        """The model provider: MODEL_PROVIDER, else echo on the embedded backend (offline)
+        and openai on Convex (a deployment serves real users)."""
+        if self.model_provider is not None:
+            return self.model_provider
+        return "echo" if self.convex_url is None else "openai"
+
+    @property
     def subscribes(self) -> bool:
         """Whether agent changes are pushed (Convex subscription) rather than polled.
 
@@ -411,7 +528,13 @@ class Settings(BaseSettings):
 
 
 SECRET_VARIABLES = frozenset(
-    {"AGENT_SECRET", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN"}
+    {
+        "AGENT_SECRET",
+        "WHATSAPP_ACCESS_TOKEN",
+        "WHATSAPP_APP_SECRET",
+        "WHATSAPP_VERIFY_TOKEN",
+        "OPENAI_API_KEY",
+    }
 )
 
 _ROLE_ALL_IN_PRODUCTION = (

@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from actors.agents.heartbeat_writer import STATUS_NAME as HEARTBEATS
 from actors.agents.membership import STATUS_NAME as MEMBERSHIP
 from actors.agents.sync import STATUS_NAME as AGENT_SYNC
+from actors.jobs.dispatcher import STATUS_NAME as JOBS
 from actors.whatsapp.lease import STATUS_NAME as LEASE
 from actors.whatsapp.sender import STATUS_NAME as SENDER
 from agent_runtime.app.config import Settings
@@ -27,6 +28,7 @@ from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.status import StatusBoard
 from messages import HeartbeatStatus, MembershipStatus, RunningAgent, SyncStatus
 from messages.agent import PRESENCE_TTL_INTERVALS
+from messages.jobs import JobsStatus
 from messages.whatsapp import LeaseStatus, WhatsAppStatus
 
 logger = logging.getLogger(__name__)
@@ -129,6 +131,18 @@ def health(settings: Settings, board: StatusBoard, started_s: float) -> dict[str
             "lastError": member.last_error if member is not None else None,
         },
     }
+    if ROLES[settings.role].agents:
+        jobs = _snapshot(board, JOBS, JobsStatus) or JobsStatus(
+            concurrency=settings.job_concurrency,
+            running=0,
+            completed=0,
+            retried=0,
+            failed=0,
+            dead=0,
+            abandoned=0,
+            last_error=None,
+        )
+        document["jobs"] = jobs.model_dump(by_alias=True)
     if settings.sends_whatsapp:
         document["lease"] = lease.model_dump(by_alias=True) if lease is not None else None
         document["whatsapp"] = (sender or NO_SENDER).model_dump(

@@ -9,7 +9,9 @@ import pykka.debug
 from starlette.routing import BaseRoute
 
 from actors.agents.heartbeat_writer import STATUS_NAME as HEARTBEATS
-from actors.runtime import Runtime, RuntimeOptions, WhatsAppOptions
+from actors.jobs.models import EchoProvider, ModelProvider, OpenAIProvider
+from actors.jobs.runner import JobOptions
+from actors.runtime import JobsOptions, Runtime, RuntimeOptions, WhatsAppOptions
 from actors.whatsapp.sender import SenderOptions
 from actors.whatsapp.transport import CloudTransport, ConsoleTransport, Transport
 from agent_runtime import __version__, logs
@@ -22,6 +24,7 @@ from agent_runtime.app.webhooks import webhook_routes
 from agent_runtime.clock import monotonic_s
 from agent_runtime.errors import BackendError
 from agent_runtime.status import StatusBoard
+from agent_runtime.tools import default_registry, load_modules
 from backend.port import Backend
 from messages import HeartbeatStatus
 
@@ -39,6 +42,7 @@ ACTORS_STOP_TIMEOUT_S = 3.2
 rest of SHUTDOWN_TIMEOUT_S - HTTP_STOP_RESERVE_S is for its threads."""
 
 EXIT_FATAL = 1
+EXIT_CONFIG = 2
 
 
 def run(settings: Settings) -> int:
@@ -57,6 +61,13 @@ def run(settings: Settings) -> int:
         logger.critical("fatal: %s", reason)
         STOP.request_stop(reason)
 
+    jobs = None
+    if ROLES[settings.role].agents:
+        try:
+            jobs = _jobs(settings)
+        except ValueError as error:  # TOOLS_MODULES: one line naming the module
+            logger.critical("TOOLS_MODULES: %s", error)
+            return EXIT_CONFIG
     try:
         backend = open_backend(settings)
     except BackendError as error:
@@ -79,6 +90,7 @@ def run(settings: Settings) -> int:
             worker_heartbeat_s=settings.worker_heartbeat_ms / 1000,
             worker_ttl_ms=settings.worker_ttl_ms,
             whatsapp=whatsapp,
+            jobs=jobs,
             stop_timeout_s=ACTORS_STOP_TIMEOUT_S,
         ),
         backend=backend,
@@ -86,13 +98,14 @@ def run(settings: Settings) -> int:
         on_fatal=on_fatal,
     )
     logger.info(
-        "agent-runtime %s started: role=%s worker=%s http=http://%s:%d backend=%s",
+        "agent-runtime %s started: role=%s worker=%s http=http://%s:%d backend=%s jobs=%s",
         __version__,
         settings.role,
         settings.worker_id,
         settings.host,
         http.port,
         backend,
+        f"{jobs.concurrency} at once via {jobs.provider!r}" if jobs is not None else "none",
     )
     reason = STOP.wait()
     if exit_code == 0:
@@ -113,6 +126,31 @@ def run(settings: Settings) -> int:
     backend.close(timeout_s=max(0.0, deadline_s - monotonic_s()))
     logger.info("stopped in %.2f s", monotonic_s() - shutdown_started_s)
     return exit_code
+
+
+def _jobs(settings: Settings) -> JobsOptions:
+    """How this process runs its agents' jobs: the provider, the tools (the built-ins and
+    TOOLS_MODULES'; raises ValueError naming a module that cannot be imported)."""
+    load_modules(settings.tools_modules)
+    provider: ModelProvider = EchoProvider()
+    if settings.provider == "openai":
+        provider = OpenAIProvider(
+            settings.openai_base_url,
+            settings.openai_api_key,
+            settings.model,
+            settings.model_timeout_ms / 1000,
+        )
+    return JobsOptions(
+        concurrency=settings.job_concurrency,
+        options=JobOptions(
+            lock_ms=settings.job_lock_ms,
+            max_attempts=settings.job_max_attempts,
+            history_turns=settings.job_history_turns,
+            max_steps=settings.job_max_steps,
+        ),
+        provider=provider,
+        tools=default_registry(),
+    )
 
 
 def _whatsapp(settings: Settings) -> WhatsAppOptions | None:
@@ -155,6 +193,7 @@ def _routes(settings: Settings, backend: Backend) -> list[BaseRoute]:
         settings.whatsapp_app_secret,
         settings.whatsapp_verify_token,
         backend,
+        agent_id=settings.whatsapp_agent_id,
     )
 
 

@@ -64,7 +64,12 @@ _DELIVERY_STATUSES: frozenset[DeliveryStatus] = frozenset({"sent", "delivered", 
 
 
 def webhook_routes(
-    account_id: str, app_secret: SecretStr, verify_token: SecretStr, backend: Backend
+    account_id: str,
+    app_secret: SecretStr,
+    verify_token: SecretStr,
+    backend: Backend,
+    *,
+    agent_id: str | None = None,
 ) -> list[BaseRoute]:
     """The GET and POST routes at WEBHOOK_PATH, for `HttpServer(..., routes=...)`.
 
@@ -73,7 +78,9 @@ def webhook_routes(
 
     POST checks size (413), signature (401 missing, 403 wrong) and shape (400, see
     `parse_delivery`), records the delivery under `account_id` with
-    `backend.record_webhook` in a worker thread (it blocks; the event loop does not) and
+    `backend.record_webhook` (with `agent_id`, WHATSAPP_AGENT_ID, each new inbound message
+    also queues a job for that agent, in the same write) in a worker thread (it blocks;
+    the event loop does not) and
     answers 200 `{"messages", "statuses", "duplicates"}` once it returned, or 500 if it
     raised BackendError (the write may still have happened, as after a timeout: Meta's
     retry then counts as duplicates).
@@ -116,7 +123,7 @@ def webhook_routes(
             return JSONResponse({"messages": 0, "statuses": 0, "duplicates": 0})
         try:
             recorded = await run_in_threadpool(
-                backend.record_webhook, account_id, messages, statuses
+                backend.record_webhook, account_id, messages, statuses, agent_id
             )
         except BackendError as error:
             logger.error(
