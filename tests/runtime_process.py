@@ -24,7 +24,9 @@ def base_env(db_path: Path, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("AGENT_", "LOG_", "APP_", "WHATSAPP_", "WORKER_"))
+        if not k.startswith(
+            ("AGENT_", "LOG_", "APP_", "WHATSAPP_", "WORKER_", "JOB_", "MODEL", "OPENAI_", "TOOLS_")
+        )
     }
     env.update(
         LOCAL_DB_PATH=str(db_path),
@@ -34,6 +36,7 @@ def base_env(db_path: Path, **extra: str) -> dict[str, str]:
         LOG_FORMAT="json",
         LOG_LEVEL="DEBUG",
         ENABLE_WHATSAPP="false",  # role all: the agent tests run the agents only
+        MODEL_PROVIDER="echo",  # offline, on Convex too
     )
     env.update(extra)
     return env
