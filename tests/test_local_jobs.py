@@ -79,7 +79,7 @@ def test_an_expired_lock_counts_an_attempt_and_the_last_one_is_dead(
     (second,) = backend.claim_jobs([a], "w2", limit=1, lock_ms=1000, max_attempts=2)
     assert second.attempts == 1
     with pytest.raises(Fenced):  # the first worker can never finish it now
-        backend.complete_job(job_id, first.claim_token, session_key=SESSION, result="late", usage=USAGE, steps=1)
+        complete(backend, job_id, first.claim_token, "late")
     clock.now = T0 + 2000
     assert backend.claim_jobs([a], "w3", limit=1, lock_ms=1000, max_attempts=2) == []
     job = backend.get_job(job_id)
