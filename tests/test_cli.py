@@ -13,6 +13,9 @@ from backend.local import LocalBackend
 from messages import Heartbeat
 from tests.runtime_process import base_env, cli
 
+JOB_SETTINGS = ("instructions", "model", "wakeupPrompt", "wakeupIntervalMs")
+"""The agent fields its jobs run with, as `agents list --json` gives them."""
+
 
 @pytest.fixture
 def local_env(tmp_path: Path) -> dict[str, str]:
@@ -41,12 +44,14 @@ def test_add_update_list_remove_round_trip(env: dict[str, str]) -> None:
         "name",
         "sessionKey",
         "heartbeatIntervalMs",
+        *JOB_SETTINGS,
         "status",
         "lastHeartbeatAt",
         "updatedAt",
     }
     assert (record["id"], record["name"], record["sessionKey"]) == (agent_id, "ranger", "k1")
     assert (record["heartbeatIntervalMs"], record["status"]) == (5000, "offline")
+    assert {k: record[k] for k in JOB_SETTINGS} == dict.fromkeys(JOB_SETTINGS)
     table = cli(env, "agents", "list").stdout.splitlines()
     assert table[0].split() == [
         "ID",
@@ -55,10 +60,82 @@ def test_add_update_list_remove_round_trip(env: dict[str, str]) -> None:
         "INTERVAL_MS",
         "LAST_HEARTBEAT",
         "SESSION_KEY",
+        "MODEL",
+        "WAKEUP_MS",
     ]
-    assert table[1].split() == [agent_id, "ranger", "offline", "5000", "-", "k1"]
+    assert table[1].split() == [agent_id, "ranger", "offline", "5000", "-", "k1", "-", "-"]
     assert cli(env, "agents", "remove", agent_id).returncode == 0
     assert json.loads(cli(env, "agents", "list", "--json").stdout) == []
+
+
+def test_job_settings_are_set_listed_changed_and_cleared(env: dict[str, str]) -> None:
+    added = cli(
+        env,
+        "agents",
+        "add",
+        "scout",
+        "--instructions",
+        "Be brief.\nAnswer in French.",
+        "--model",
+        "gpt-4o-mini",
+        "--wakeup-prompt",
+        "check your inbox",
+        "--wakeup-interval",
+        "60000",
+    )
+    assert added.returncode == 0, added.stderr
+    agent_id = added.stdout.strip()
+    assert _job_settings(env) == {
+        "instructions": "Be brief.\nAnswer in French.",
+        "model": "gpt-4o-mini",
+        "wakeupPrompt": "check your inbox",
+        "wakeupIntervalMs": 60000,
+    }
+    table = cli(env, "agents", "list").stdout
+    assert table.splitlines()[1].split()[-2:] == ["gpt-4o-mini", "60000"]
+    assert "Be brief" not in table  # instructions only in --json
+    assert "check your inbox" not in table
+
+    changed = cli(env, "agents", "update", agent_id, "--wakeup-interval", "120000")
+    assert changed.returncode == 0, changed.stderr
+    assert _job_settings(env)["wakeupIntervalMs"] == 120000
+    assert _job_settings(env)["wakeupPrompt"] == "check your inbox"
+
+    cleared = cli(
+        env,
+        "agents",
+        "update",
+        agent_id,
+        "--instructions",
+        "",
+        "--model",
+        "",
+        "--wakeup-prompt",
+        "",
+        "--wakeup-interval",
+        "0",
+    )
+    assert cleared.returncode == 0, cleared.stderr
+    assert _job_settings(env) == dict.fromkeys(JOB_SETTINGS)
+    assert cli(env, "agents", "list").stdout.splitlines()[1].split()[-2:] == ["-", "-"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["add", "x", "--wakeup-prompt", "check"],
+        ["add", "x", "--wakeup-interval", "60000"],
+        ["update", "ID", "--wakeup-prompt", "check"],
+    ],
+)
+def test_a_wakeup_prompt_without_an_interval_exits_2(env: dict[str, str], args: list[str]) -> None:
+    agent_id = cli(env, "agents", "add", "plain").stdout.strip()
+    result = cli(env, "agents", *[agent_id if a == "ID" else a for a in args])
+    assert result.returncode == 2
+    assert result.stderr.startswith("agent-runtime: ")
+    assert "wakeupPrompt and wakeupIntervalMs go together" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert _job_settings(env) == dict.fromkeys(JOB_SETTINGS)
 
 
 def test_default_interval_and_session_key(env: dict[str, str]) -> None:
@@ -75,7 +152,21 @@ def test_default_interval_and_session_key(env: dict[str, str]) -> None:
         (["agents", "add", "x", "--heartbeat-interval", "soon"], "'soon' is not a heartbeat"),
         (["agents", "add", "x", "--heartbeat-interval", "86400001"], "from 1 to 86400000"),
         (["agents", "add", ""], "expected a non-empty value"),
-        (["agents", "update", "someid"], "give at least one of"),
+        (
+            ["agents", "add", "x", "--wakeup-prompt", "p", "--wakeup-interval", "999"],
+            "'999' is not a wake-up interval: expected whole milliseconds from 1000 to 86400000",
+        ),
+        (
+            ["agents", "update", "someid", "--wakeup-interval", "5"],
+            "'5' is not a wake-up interval: expected 0 (clears it) or whole milliseconds from 1000",
+        ),
+        (["agents", "add", "x", "--wakeup-interval", "0"], "'0' is not a wake-up interval"),
+        (["agents", "add", "x", "--model", "a\nb"], "model: 'a\\nb' is invalid"),
+        (
+            ["agents", "update", "someid"],
+            "give at least one of --name, --heartbeat-interval, --session-key, --instructions,"
+            " --model, --wakeup-prompt, --wakeup-interval",
+        ),
         (["agents", "frobnicate"], "invalid choice: 'frobnicate'"),
         (["run", "--role", "chef"], "invalid choice: 'chef'"),
     ],
@@ -180,3 +271,9 @@ def test_doctor_reads_the_whatsapp_lease_on_a_sending_role(local_env: dict[str, 
     result = cli(env, "doctor")
     assert result.returncode == 0, result.stdout
     assert "ok    whatsapp: acct: no lease yet (console transport)" in result.stdout
+
+
+def _job_settings(env: dict[str, str]) -> dict[str, object]:
+    """The one agent's JOB_SETTINGS, as `agents list --json` gives them."""
+    (record,) = json.loads(cli(env, "agents", "list", "--json").stdout)
+    return {k: record[k] for k in JOB_SETTINGS}

@@ -33,6 +33,18 @@ VARIABLES = (
     "WHATSAPP_VERIFY_TOKEN",
     "WHATSAPP_CLAIM_LOCK_MS",
     "WHATSAPP_SEND_TIMEOUT_MS",
+    "WHATSAPP_AGENT_ID",
+    "JOB_CONCURRENCY",
+    "JOB_LOCK_MS",
+    "JOB_MAX_ATTEMPTS",
+    "JOB_HISTORY_TURNS",
+    "JOB_MAX_STEPS",
+    "MODEL_PROVIDER",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "MODEL",
+    "MODEL_TIMEOUT_MS",
+    "TOOLS_MODULES",
 )
 
 
@@ -239,3 +251,64 @@ def test_a_whatsapp_secret_with_a_newline_is_refused_without_echoing_it(
         load_settings()
     assert f"{variable} is invalid" in str(raised.value)
     assert "tok-en-123" not in str(raised.value)
+
+
+def test_job_settings_default_to_the_issue_and_read_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s = load_settings()
+    assert (
+        s.job_concurrency,
+        s.job_lock_ms,
+        s.job_max_attempts,
+        s.job_history_turns,
+        s.job_max_steps,
+        s.provider,
+        s.tools_modules,
+    ) == (8, 60_000, 3, 20, 8, "echo", ())
+    monkeypatch.setenv("JOB_CONCURRENCY", "0")
+    monkeypatch.setenv("TOOLS_MODULES", " tests.job_tools, ,tests.example_tools ")
+    monkeypatch.setenv("MODEL_PROVIDER", "OpenAI")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9000/v1")
+    s = load_settings()
+    assert (s.job_concurrency, s.provider) == (0, "openai")
+    assert s.tools_modules == ("tests.job_tools", "tests.example_tools")
+    s.check_model()  # a local server may need no key
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("JOB_CONCURRENCY", "-1", "JOB_CONCURRENCY='-1' is invalid: expected jobs run at once"),
+        ("JOB_LOCK_MS", "60s", "JOB_LOCK_MS='60s' is invalid: expected whole milliseconds"),
+        ("JOB_MAX_STEPS", "0", "JOB_MAX_STEPS='0' is invalid: expected from 1 to 100"),
+        ("MODEL_PROVIDER", "gpt", "MODEL_PROVIDER='gpt' is invalid: expected echo or openai"),
+        ("OPENAI_BASE_URL", "api.openai.com", "OPENAI_BASE_URL='api.openai.com' is invalid"),
+    ],
+)
+def test_bad_job_settings_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert str(raised.value).startswith(message)
+
+
+def test_openai_on_convex_needs_its_key_only_to_run_jobs_and_never_echoes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONVEX_URL", "https://happy-otter-123.convex.cloud")
+    monkeypatch.setenv("AGENT_SECRET", "s")
+    s = load_settings()  # the CLI's commands need no model
+    assert s.provider == "openai"
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY is required"):
+        s.check_model()
+    monkeypatch.setenv("OPENAI_API_KEY", " sk-secret-value")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "sk-secret-value" not in str(raised.value)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value")
+    s = load_settings()
+    s.check_model()
+    assert "sk-secret-value" not in repr(s)

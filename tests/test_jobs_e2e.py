@@ -3,6 +3,7 @@ tools from TOOLS_MODULES, a kill -9 in the middle of a job, and WhatsApp in and 
 
 import json
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ from agent_runtime.app.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH
 from backend.local import LocalBackend
 from messages.jobs import DirectConversation
 from tests.conftest import wait_for
-from tests.runtime_process import RuntimeProcess, base_env
+from tests.runtime_process import COMMAND, RuntimeProcess, base_env
 from tests.test_webhooks import delivery, sign, text_message
 
 FAST_FLEET = {
@@ -143,3 +144,13 @@ def test_an_inbound_whatsapp_message_is_answered_once_in_role_all(
         assert len(backend.list_outbox("acct")) == 1
     finally:
         worker.stop()
+
+
+def test_a_tools_module_that_cannot_be_imported_stops_run_with_one_line(tmp_path: Path) -> None:
+    env = worker_env(tmp_path, "w1", TOOLS_MODULES="tests.no_such_tools")
+    result = subprocess.run(
+        [*COMMAND, "run"], env=env, capture_output=True, text=True, timeout=20, check=False
+    )
+    assert result.returncode == 2
+    (line,) = [json.loads(x) for x in result.stderr.splitlines() if "TOOLS_MODULES" in x]
+    assert "cannot import tools module 'tests.no_such_tools'" in line["message"]

@@ -1,7 +1,8 @@
-"""The `agent-runtime` command: `run` the worker, `doctor`, administer `agents`, look at
-and use the `whatsapp` account (its lease, outbox and inbox; `send`).
+"""The `agent-runtime` command: `run` the worker, `doctor`, administer `agents`, queue and
+look at `jobs`, look at and use the `whatsapp` account (its lease, outbox and inbox;
+`send`).
 
-Exit status: 0 ok; 1 runtime failure (backend unreachable, agent not found, fatal
+Exit status: 0 ok; 1 runtime failure (backend unreachable, agent or job not found, fatal
 crash); 2 bad arguments or configuration, with one line on stderr saying which value is
 wrong and what is expected. A closed standard output (`agents list | head -1`) ends
 the command quietly.
@@ -13,9 +14,11 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import NoReturn, get_args
+from typing import Any, NoReturn, TypeVar, get_args
+
+from pydantic import ValidationError
 
 from agent_runtime import __version__
 from agent_runtime.app import doctor
@@ -26,23 +29,57 @@ from agent_runtime.clock import now_ms
 from agent_runtime.errors import BackendError, BackendUnavailable, ConfigError, InvalidArgument
 from backend.port import Backend
 from messages import AgentRecord, parse_agent_rows
-from messages.agent import MAX_HEARTBEAT_INTERVAL_MS
-from messages.text import escape_controls, label_problem, shown
+from messages.agent import (
+    MAX_HEARTBEAT_INTERVAL_MS,
+    MAX_INSTRUCTIONS_CHARS,
+    MAX_PROMPT_CHARS,
+    MIN_WAKEUP_INTERVAL_MS,
+)
+from messages.jobs import CONVERSATION, MAX_INPUT_CHARS, DirectConversation, JobStatus
+from messages.text import cut, escape_controls, label_problem, shown
 from messages.whatsapp import MAX_TEXT_CHARS, PHONE_NUMBER_PATTERN, OutboundStatus
 
 DEFAULT_HEARTBEAT_INTERVAL_MS = 30_000
 
+JOB_INPUT_SHOWN_CHARS = 40
+"""How much of a job's input `jobs list` shows (`jobs show` shows all of it)."""
+
+JOB_SETTINGS = ("instructions", "model", "wakeup_prompt", "wakeup_interval_ms")
+"""What an agent's jobs run with: `agents add` and `agents update` options, named as the
+backend port's arguments."""
+
+UPDATABLE = ("name", "heartbeat_interval_ms", "session_key", *JOB_SETTINGS)
+"""The `agents update` options, named as `Backend.update_agent`'s arguments."""
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
+T = TypeVar("T")
 
-def interval_ms(text: str) -> int:
-    """argparse type: a heartbeat interval in whole milliseconds, 1 to 24 h."""
-    if not text.strip().isdigit() or not 0 < int(text) <= MAX_HEARTBEAT_INTERVAL_MS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a heartbeat interval: expected whole milliseconds from 1 to"
-            f" {MAX_HEARTBEAT_INTERVAL_MS} (24 h)"
-        )
-    return int(text)
+
+def _milliseconds(what: str, minimum: int, *, zero_clears: bool = False) -> Callable[[str], int]:
+    """An argparse type: whole milliseconds from `minimum` to 24 h, or 0 with
+    `zero_clears` (an update that clears the field)."""
+    expected = f"whole milliseconds from {minimum} to {MAX_HEARTBEAT_INTERVAL_MS} (24 h)"
+    if zero_clears:
+        expected = f"0 (clears it) or {expected}"
+
+    def parse(text: str) -> int:
+        value = int(text) if text.strip().isdecimal() else -1
+        if not (minimum <= value <= MAX_HEARTBEAT_INTERVAL_MS or (zero_clears and value == 0)):
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not {what}: expected {expected}")
+        return value
+
+    return parse
+
+
+interval_ms = _milliseconds("a heartbeat interval", 1)
+"""argparse type: a heartbeat interval, 1 ms to 24 h."""
+wakeup_interval_ms = _milliseconds("a wake-up interval", MIN_WAKEUP_INTERVAL_MS)
+"""argparse type: a wake-up interval, 1 s to 24 h."""
+wakeup_interval_or_zero = _milliseconds(
+    "a wake-up interval", MIN_WAKEUP_INTERVAL_MS, zero_clears=True
+)
+"""argparse type: a wake-up interval, or 0 to clear it (`agents update`)."""
 
 
 def non_empty(text: str) -> str:
@@ -59,6 +96,11 @@ def label(text: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def direct_conversation(text: str) -> DirectConversation:
+    """argparse type: a conversation named by a label, with no channel to reply on."""
+    return DirectConversation(channel="direct", id=label(text))
 
 
 def phone_number(text: str) -> str:
@@ -111,19 +153,53 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name", type=label, metavar="NAME")
     add.add_argument(
         "--heartbeat-interval",
+        dest="heartbeat_interval_ms",
         type=interval_ms,
         default=DEFAULT_HEARTBEAT_INTERVAL_MS,
         metavar="MS",
         help=f"default {DEFAULT_HEARTBEAT_INTERVAL_MS}",
     )
     add.add_argument("--session-key", type=label, metavar="KEY", help="default agent:ID")
-    update = actions.add_parser("update", help="change an agent's fields")
+    _add_job_settings(add, clearing=False)
+    update = actions.add_parser(
+        "update", help="change an agent's fields; '' (or 0 for --wakeup-interval) clears one"
+    )
     update.add_argument("id", type=non_empty)
     update.add_argument("--name", type=label)
-    update.add_argument("--heartbeat-interval", type=interval_ms, metavar="MS")
+    update.add_argument(
+        "--heartbeat-interval", dest="heartbeat_interval_ms", type=interval_ms, metavar="MS"
+    )
     update.add_argument("--session-key", type=label, metavar="KEY")
-    remove = actions.add_parser("remove", help="delete an agent")
+    _add_job_settings(update, clearing=True)
+    remove = actions.add_parser("remove", help="delete an agent (its pending jobs fail)")
     remove.add_argument("id", type=non_empty)
+
+    jobs = commands.add_parser("jobs", help="queue a job for an agent; show or list jobs")
+    job_actions = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    enqueue = job_actions.add_parser("enqueue", help="queue a job; prints only its id")
+    enqueue.add_argument("agent_id", type=non_empty, metavar="AGENT_ID")
+    enqueue.add_argument(
+        "--input",
+        required=True,
+        metavar="TEXT",
+        help=f"what the agent is asked, 1 to {MAX_INPUT_CHARS} characters;"
+        " - reads it from standard input (without its final newline)",
+    )
+    enqueue.add_argument(
+        "--conversation",
+        type=direct_conversation,
+        metavar="ID",
+        help="a conversation of your naming: the job continues its earlier turns",
+    )
+    show = job_actions.add_parser(
+        "show", help="one job: status, attempts, result, error, usage, steps, times"
+    )
+    show.add_argument("id", type=non_empty)
+    show.add_argument("--json", action="store_true", help="the job as the backend's row")
+    job_list = job_actions.add_parser("list", help="jobs, oldest first (at most 1000)")
+    job_list.add_argument("--agent", type=non_empty, metavar="ID")
+    job_list.add_argument("--status", choices=get_args(JobStatus))
+    job_list.add_argument("--json", action="store_true")
 
     whatsapp = commands.add_parser(
         "whatsapp", help="the lease, outbox and inbox of WHATSAPP_ACCOUNT_ID; send a message"
@@ -140,6 +216,33 @@ def build_parser() -> argparse.ArgumentParser:
     inbox = wa.add_parser("inbox", help="stored inbound messages, oldest first")
     inbox.add_argument("--json", action="store_true")
     return parser
+
+
+def _add_job_settings(parser: argparse.ArgumentParser, *, clearing: bool) -> None:
+    """The options of `JOB_SETTINGS`; with `clearing` (update), '' or 0 clears a field."""
+    clears = "; '' clears it" if clearing else ""
+    parser.add_argument(
+        "--instructions",
+        metavar="TEXT",
+        help=f"the system prompt of its jobs, up to {MAX_INSTRUCTIONS_CHARS} characters{clears}",
+    )
+    parser.add_argument(
+        "--model", metavar="NAME", help=f"the model its jobs call (default: MODEL){clears}"
+    )
+    parser.add_argument(
+        "--wakeup-prompt",
+        metavar="TEXT",
+        help=f"the input of a job queued every --wakeup-interval (the two go together), up to"
+        f" {MAX_PROMPT_CHARS} characters{clears}",
+    )
+    parser.add_argument(
+        "--wakeup-interval",
+        dest="wakeup_interval_ms",
+        type=wakeup_interval_or_zero if clearing else wakeup_interval_ms,
+        metavar="MS",
+        help=f"{MIN_WAKEUP_INTERVAL_MS} to {MAX_HEARTBEAT_INTERVAL_MS}"
+        + ("; 0 clears it" if clearing else ""),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,21 +276,28 @@ def _command(argv: Sequence[str] | None) -> int:
         return run(settings)
     if args.command == "doctor":
         return doctor.run(settings)
-    if args.action == "update" and not (args.name or args.heartbeat_interval or args.session_key):
+    if (
+        args.command == "agents"
+        and args.action == "update"
+        and all(getattr(args, field) is None for field in UPDATABLE)
+    ):
         parser.error(
-            "agents update: give at least one of --name, --heartbeat-interval, --session-key"
+            "agents update: give at least one of --name, --heartbeat-interval, --session-key,"
+            " --instructions, --model, --wakeup-prompt, --wakeup-interval"
         )
 
     return _administer(args, settings)
 
 
 def _administer(args: argparse.Namespace, settings: Settings) -> int:
-    """An `agents` or `whatsapp` command on the backend the settings name."""
+    """An `agents`, `jobs` or `whatsapp` command on the backend the settings name."""
     try:
         backend = open_backend(settings)
         try:
             if args.command == "whatsapp":
                 return _whatsapp(args, backend, settings.whatsapp_account_id)
+            if args.command == "jobs":
+                return _jobs(args, backend)
             return _agents(args, backend)
         finally:
             backend.close()
@@ -212,29 +322,74 @@ def _agents(args: argparse.Namespace, backend: Backend) -> int:
         else:
             _print_table(listed.agents)
     elif args.action == "add":
-        # One key per command: the adapter's retries after a lost answer cannot create a
-        # second agent.
-        key = f"cli-{secrets.token_hex(8)}"
-        try:
-            record = backend.create_agent(
-                args.name, args.heartbeat_interval, args.session_key, idempotency_key=key
-            )
-        except BackendUnavailable as error:
-            raise BackendUnavailable(
-                f"{error}; the agent may have been created: `agent-runtime agents list` shows"
-                " whether"
-            ) from None
+        record = _once(
+            lambda key: backend.create_agent(
+                args.name,
+                args.heartbeat_interval_ms,
+                args.session_key,
+                idempotency_key=key,
+                **{field: getattr(args, field) for field in JOB_SETTINGS},
+            ),
+            "the agent may have been created: `agent-runtime agents list` shows whether",
+        )
         print(record.id)
     elif args.action == "update":
-        backend.update_agent(
-            args.id,
-            name=args.name,
-            heartbeat_interval_ms=args.heartbeat_interval,
-            session_key=args.session_key,
-        )
+        backend.update_agent(args.id, **{field: getattr(args, field) for field in UPDATABLE})
     elif args.action == "remove":
         backend.remove_agent(args.id)
     return EXIT_OK
+
+
+def _jobs(args: argparse.Namespace, backend: Backend) -> int:
+    if args.action == "enqueue":
+        text = sys.stdin.read().removesuffix("\n") if args.input == "-" else args.input
+        print(
+            _once(
+                lambda key: backend.enqueue_job(
+                    args.agent_id, text, args.conversation, idempotency_key=key
+                ),
+                "the job may have been queued: `agent-runtime jobs list --agent"
+                f" {args.agent_id}` shows whether",
+            )
+        )
+    elif args.action == "show":
+        job = backend.get_job(args.id)
+        if args.json:
+            print(json.dumps(job, indent=2))
+        else:
+            _print_job(job)
+    else:
+        rows = backend.list_jobs(args.agent, args.status)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            columns = ("id", "agent", "kind", "status", "attempts", "created", "input")
+            _print_rows(
+                columns,
+                [
+                    [
+                        _cell(row["id"]),
+                        _cell(row["agentId"]),
+                        _cell(row["kind"]),
+                        _cell(row["status"]),
+                        _cell(row["attempts"]),
+                        _time(row["createdAt"]),
+                        _cell(cut(row["input"], JOB_INPUT_SHOWN_CHARS)),
+                    ]
+                    for row in rows
+                ],
+            )
+    return EXIT_OK
+
+
+def _once(create: Callable[[str], T], hint: str) -> T:
+    """`create(idempotency_key)` with a key of its own, so the adapter's retries after a
+    lost answer cannot create a second one; if the backend stays unreachable, the error
+    ends with `hint`: how to see whether it was created all the same."""
+    try:
+        return create(f"cli-{secrets.token_hex(8)}")
+    except BackendUnavailable as error:
+        raise BackendUnavailable(f"{error}; {hint}") from None
 
 
 def _whatsapp(args: argparse.Namespace, backend: Backend, account_id: str) -> int:
@@ -270,11 +425,61 @@ def _whatsapp(args: argparse.Namespace, backend: Backend, account_id: str) -> in
 
 
 def _cell(value: object) -> str:
-    return "-" if value is None else escape_controls(str(value))
+    """A value as a table shows it: `-` for None, a whole float (JSON numbers from
+    Convex) as an integer, control characters escaped."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return escape_controls(str(value))
 
 
-def _time(epoch_ms: int) -> str:
+def _time(epoch_ms: int | None) -> str:
+    if epoch_ms is None:
+        return "-"
     return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+def _conversation(value: Any) -> str | None:
+    """A job row's conversation as its key (`direct:ID`, `whatsapp:ACCOUNT:CONTACT`), or
+    as JSON if it is not a valid conversation."""
+    if value is None:
+        return None
+    try:
+        return CONVERSATION.validate_python(value).key
+    except ValidationError:
+        return json.dumps(value)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    """The job, one `field: value` line each; texts on one line, control characters
+    escaped (`--json` has them as they are)."""
+    usage = job["usage"]
+    fields = {
+        "id": _cell(job["id"]),
+        "agent": _cell(job["agentId"]),
+        "kind": _cell(job["kind"]),
+        "conversation": _cell(_conversation(job["conversation"])),
+        "status": _cell(job["status"]),
+        "attempts": _cell(job["attempts"]),
+        "steps": _cell(job["steps"]),
+        "usage": (
+            f"{_cell(usage['inputTokens'])} tokens in, {_cell(usage['outputTokens'])} out"
+            if usage is not None
+            else "-"
+        ),
+        "worker": _cell(job["workerId"]),
+        "created": _time(job["createdAt"]),
+        "updated": _time(job["updatedAt"]),
+        "not before": _time(job["notBefore"]),
+        "locked until": _time(job["lockedUntil"]),
+        "input": _cell(job["input"]),
+        "result": _cell(job["result"]),
+        "error": _cell(job["error"]),
+    }
+    width = max(len(name) for name in fields) + 1
+    for name, value in fields.items():
+        print(f"{name + ':':<{width}}  {value}")
 
 
 def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -285,15 +490,26 @@ def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def _print_table(agents: Sequence[AgentRecord]) -> None:
-    header = ("id", "name", "status", "interval_ms", "last_heartbeat", "session_key")
+    header = (
+        "id",
+        "name",
+        "status",
+        "interval_ms",
+        "last_heartbeat",
+        "session_key",
+        "model",
+        "wakeup_ms",
+    )
     rows = [
         [
             a.id,
             a.name,
             a.status,
             str(a.heartbeat_interval_ms),
-            _time(a.last_heartbeat_at) if a.last_heartbeat_at is not None else "-",
+            _time(a.last_heartbeat_at),
             a.session_key,
+            _cell(a.model),
+            _cell(a.wakeup_interval_ms),
         ]
         for a in agents
     ]

@@ -454,16 +454,6 @@ class Settings(BaseSettings):
                 f" = {WORKER_TTL_HEARTBEATS * self.worker_heartbeat_ms}"
             )
         self._whatsapp_shape()
-        if (
-            self.provider == "openai"
-            and self.openai_api_key is None
-            and self.openai_base_url.rstrip("/") == DEFAULT_OPENAI_BASE_URL
-        ):
-            raise ValueError(
-                f"OPENAI_API_KEY is required for MODEL_PROVIDER='openai' with"
-                f" OPENAI_BASE_URL='{DEFAULT_OPENAI_BASE_URL}' (the default on Convex):"
-                " expected a key, or MODEL_PROVIDER=echo, or the URL of a server that needs none"
-            )
         if self.agent_sync_mode == "subscribe" and self.convex_url is None:
             raise ValueError(
                 "AGENT_SYNC_MODE='subscribe' needs CONVEX_URL: expected poll with the"
@@ -516,6 +506,23 @@ class Settings(BaseSettings):
         if self.model_provider is not None:
             return self.model_provider
         return "echo" if self.convex_url is None else "openai"
+
+    def check_model(self) -> None:
+        """For `run` on a role that runs jobs: the model provider can work.
+
+        Raises:
+            ConfigError: openai at api.openai.com without OPENAI_API_KEY.
+        """
+        if (
+            self.provider == "openai"
+            and self.openai_api_key is None
+            and self.openai_base_url.rstrip("/") == DEFAULT_OPENAI_BASE_URL
+        ):
+            raise ConfigError(
+                f"OPENAI_API_KEY is required for MODEL_PROVIDER='openai' with"
+                f" OPENAI_BASE_URL='{DEFAULT_OPENAI_BASE_URL}' (the default on Convex):"
+                " expected a key, or MODEL_PROVIDER=echo, or the URL of a server that needs none"
+            )
 
     @property
     def subscribes(self) -> bool:

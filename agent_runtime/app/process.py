@@ -22,7 +22,7 @@ from agent_runtime.app.roles import ROLES
 from agent_runtime.app.signals import STOP
 from agent_runtime.app.webhooks import webhook_routes
 from agent_runtime.clock import monotonic_s
-from agent_runtime.errors import BackendError
+from agent_runtime.errors import BackendError, ConfigError
 from agent_runtime.status import StatusBoard
 from agent_runtime.tools import default_registry, load_modules
 from backend.port import Backend
@@ -65,8 +65,8 @@ def run(settings: Settings) -> int:
     if ROLES[settings.role].agents:
         try:
             jobs = _jobs(settings)
-        except ValueError as error:  # TOOLS_MODULES: one line naming the module
-            logger.critical("TOOLS_MODULES: %s", error)
+        except ConfigError as error:
+            logger.critical("%s", error)
             return EXIT_CONFIG
     try:
         backend = open_backend(settings)
@@ -130,8 +130,16 @@ def run(settings: Settings) -> int:
 
 def _jobs(settings: Settings) -> JobsOptions:
     """How this process runs its agents' jobs: the provider, the tools (the built-ins and
-    TOOLS_MODULES'; raises ValueError naming a module that cannot be imported)."""
-    load_modules(settings.tools_modules)
+    TOOLS_MODULES').
+
+    Raises:
+        ConfigError: the provider cannot work, or a tools module cannot be imported.
+    """
+    settings.check_model()
+    try:
+        load_modules(settings.tools_modules)
+    except ValueError as error:  # one line naming the module
+        raise ConfigError(f"TOOLS_MODULES: {error}") from error
     provider: ModelProvider = EchoProvider()
     if settings.provider == "openai":
         provider = OpenAIProvider(
