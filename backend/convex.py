@@ -31,12 +31,12 @@ from agent_runtime.errors import (
     ServiceKeyRejected,
     WorkerIdTaken,
 )
-from backend.convex_watch import AgentsWatcher
+from backend.convex_watch import VERSION_QUERY, ChangeFeed
 from backend.port import CLOSE_TIMEOUT_S, Backend
 from backend.retry import Unavailable, call_with_retries
 from messages import AgentRecord, Heartbeat
 from messages.agent import describe_validation_error, parse_agent_row
-from messages.jobs import ClaimedJob, Conversation, JobStatus, Turn, Usage
+from messages.jobs import ClaimedJob, Conversation, JobKind, JobStatus, Turn, Usage
 from messages.whatsapp import (
     ClaimedMessage,
     InboundMessage,
@@ -92,9 +92,7 @@ class ConvexBackend(Backend):
         return _rows(self._call("query", "service/agents:list", {}, idempotent=True))
 
     def agents_version(self) -> str:
-        # One attempt, no retries: the change signal is polled, the next poll is the retry.
-        path = "service/agents:version"
-        return str(self._post("query", path, self._body(path, {})))
+        return self._change_signal("service/agents:version")
 
     def list_presence(self) -> list[dict[str, Any]]:
         return _rows(self._call("query", "service/presence:list", {}, idempotent=True))
@@ -140,12 +138,22 @@ class ConvexBackend(Backend):
         heartbeat_interval_ms: int,
         session_key: str | None = None,
         idempotency_key: str | None = None,
+        *,
+        instructions: str | None = None,
+        model: str | None = None,
+        wakeup_prompt: str | None = None,
+        wakeup_interval_ms: int | None = None,
     ) -> AgentRecord:
-        args: dict[str, Any] = {"name": name, "heartbeatIntervalMs": heartbeat_interval_ms}
-        if session_key is not None:
-            args["sessionKey"] = session_key
-        if idempotency_key is not None:
-            args["idempotencyKey"] = idempotency_key
+        args = _given(
+            name=name,
+            heartbeatIntervalMs=heartbeat_interval_ms,
+            sessionKey=session_key,
+            idempotencyKey=idempotency_key,
+            instructions=instructions,
+            model=model,
+            wakeupPrompt=wakeup_prompt,
+            wakeupIntervalMs=wakeup_interval_ms,
+        )
         # With a key a retry after a lost answer returns the first agent; without one it
         # could create a second, so it is not retried then.
         idempotent = idempotency_key is not None
@@ -158,13 +166,21 @@ class ConvexBackend(Backend):
         name: str | None = None,
         heartbeat_interval_ms: int | None = None,
         session_key: str | None = None,
+        instructions: str | None = None,
+        model: str | None = None,
+        wakeup_prompt: str | None = None,
+        wakeup_interval_ms: int | None = None,
     ) -> AgentRecord:
-        changes = {
-            "name": name,
-            "heartbeatIntervalMs": heartbeat_interval_ms,
-            "sessionKey": session_key,
-        }
-        args = {"agentId": agent_id, **{k: v for k, v in changes.items() if v is not None}}
+        args = _given(
+            agentId=agent_id,
+            name=name,
+            heartbeatIntervalMs=heartbeat_interval_ms,
+            sessionKey=session_key,
+            instructions=instructions,
+            model=model,
+            wakeupPrompt=wakeup_prompt,
+            wakeupIntervalMs=wakeup_interval_ms,
+        )
         # Setting the same values twice is harmless.
         return _record(self._agent_call("service/agents:update", args, idempotent=True))
 
@@ -204,9 +220,7 @@ class ConvexBackend(Backend):
     def enqueue_outbound(
         self, account_id: str, to: str, text: str, idempotency_key: str | None = None
     ) -> str:
-        args: dict[str, Any] = {"accountId": account_id, "to": to, "text": text}
-        if idempotency_key is not None:
-            args["idempotencyKey"] = idempotency_key
+        args = _given(accountId=account_id, to=to, text=text, idempotencyKey=idempotency_key)
         # With a key a retry returns the first message; without one it could queue two.
         idempotent = idempotency_key is not None
         answer = self._call("mutation", "service/whatsapp:enqueue", args, idempotent=idempotent)
@@ -251,15 +265,14 @@ class ConvexBackend(Backend):
         retry_at_ms: int | None,
         max_attempts: int,
     ) -> OutboundStatus:
-        args: dict[str, Any] = {
-            "id": message_id,
-            "claimToken": claim_token,
-            "epoch": epoch,
-            "error": error,
-            "maxAttempts": max_attempts,
-        }
-        if retry_at_ms is not None:
-            args["retryAt"] = retry_at_ms
+        args = _given(
+            id=message_id,
+            claimToken=claim_token,
+            epoch=epoch,
+            error=error,
+            retryAt=retry_at_ms,
+            maxAttempts=max_attempts,
+        )
         answer = self._whatsapp("service/whatsapp:markFailed", args, idempotent=True)
         status = answer.get("status") if isinstance(answer, dict) else None
         if status not in ("queued", "failed"):
@@ -269,9 +282,7 @@ class ConvexBackend(Backend):
     def release_outbound(
         self, message_id: str, claim_token: str, not_before_ms: int | None = None
     ) -> bool:
-        args: dict[str, Any] = {"id": message_id, "claimToken": claim_token}
-        if not_before_ms is not None:
-            args["notBefore"] = not_before_ms
+        args = _given(id=message_id, claimToken=claim_token, notBefore=not_before_ms)
         answer = self._whatsapp("service/whatsapp:release", args, idempotent=True)
         return isinstance(answer, dict) and answer.get("released") is True
 
@@ -287,18 +298,17 @@ class ConvexBackend(Backend):
         # provider ids, so Meta's retry of a half-recorded delivery records the rest.
         totals = WebhookRecorded(messages=0, statuses=0, duplicates=0)
         for start in range(0, max(len(messages), len(statuses), 1), WEBHOOK_CHUNK):
-            args: dict[str, Any] = {
-                "accountId": account_id,
-                "messages": [
+            args = _given(
+                accountId=account_id,
+                messages=[
                     m.model_dump(by_alias=True) for m in messages[start : start + WEBHOOK_CHUNK]
                 ],
-                "statuses": [
+                statuses=[
                     u.model_dump(by_alias=True, exclude_none=True)
                     for u in statuses[start : start + WEBHOOK_CHUNK]
                 ],
-            }
-            if agent_id is not None:
-                args["agentId"] = agent_id
+                agentId=agent_id,
+            )
             answer = self._call("mutation", "service/whatsapp:recordWebhook", args, idempotent=True)
             part = _parsed(WebhookRecorded, answer)
             totals = WebhookRecorded(
@@ -311,9 +321,7 @@ class ConvexBackend(Backend):
     def list_outbox(
         self, account_id: str, status: OutboundStatus | None = None
     ) -> list[dict[str, Any]]:
-        args: dict[str, Any] = {"accountId": account_id}
-        if status is not None:
-            args["status"] = status
+        args = _given(accountId=account_id, status=status)
         return _rows(self._call("query", "service/whatsapp:listOutbox", args, idempotent=True))
 
     def list_inbox(self, account_id: str) -> list[dict[str, Any]]:
@@ -330,8 +338,9 @@ class ConvexBackend(Backend):
                 raise MessageNotFound(str(args.get("id"))) from None
             raise
 
-    # Jobs. Renew, complete and fail are idempotent for their claim token; a claim is
-    # never retried (it would lock a second batch), nor an enqueue without a key.
+    # Jobs. Renew, complete and fail are idempotent for their claim token, and a release
+    # of a released claim says False; a claim is never retried (it would lock a second
+    # batch), nor an enqueue without a key.
 
     def enqueue_job(
         self,
@@ -339,12 +348,16 @@ class ConvexBackend(Backend):
         input_text: str,
         conversation: Conversation | None = None,
         idempotency_key: str | None = None,
+        *,
+        kind: JobKind = "task",
     ) -> str:
-        args: dict[str, Any] = {"agentId": agent_id, "input": input_text}
-        if conversation is not None:
-            args["conversation"] = conversation.model_dump(by_alias=True)
-        if idempotency_key is not None:
-            args["idempotencyKey"] = idempotency_key
+        args = _given(
+            agentId=agent_id,
+            kind=kind,
+            input=input_text,
+            conversation=None if conversation is None else conversation.model_dump(by_alias=True),
+            idempotencyKey=idempotency_key,
+        )
         try:
             answer = self._call(
                 "mutation", "service/jobs:enqueue", args, idempotent=idempotency_key is not None
@@ -386,12 +399,28 @@ class ConvexBackend(Backend):
             raise FunctionError(f"expected {{lockedUntil}}, got {str(answer)[:80]}")
         return int(locked_until)
 
+    def release_job(self, job_id: str, claim_token: str) -> bool:
+        args = {"id": job_id, "claimToken": claim_token}
+        answer = self._call("mutation", "service/jobs:release", args, idempotent=True)
+        return isinstance(answer, dict) and answer.get("released") is True
+
+    def jobs_version(self) -> str:
+        return self._change_signal("service/jobs:version")
+
     def complete_job(
-        self, job_id: str, claim_token: str, *, result: str, usage: Usage, steps: int
+        self,
+        job_id: str,
+        claim_token: str,
+        *,
+        session_key: str,
+        result: str,
+        usage: Usage,
+        steps: int,
     ) -> str | None:
         args = {
             "id": job_id,
             "claimToken": claim_token,
+            "sessionKey": session_key,
             "result": result,
             "usage": usage.model_dump(by_alias=True),
             "steps": steps,
@@ -409,14 +438,13 @@ class ConvexBackend(Backend):
         retry_at_ms: int | None,
         max_attempts: int,
     ) -> JobStatus:
-        args: dict[str, Any] = {
-            "id": job_id,
-            "claimToken": claim_token,
-            "error": error,
-            "maxAttempts": max_attempts,
-        }
-        if retry_at_ms is not None:
-            args["retryAt"] = retry_at_ms
+        args = _given(
+            id=job_id,
+            claimToken=claim_token,
+            error=error,
+            retryAt=retry_at_ms,
+            maxAttempts=max_attempts,
+        )
         answer = self._job_call("service/jobs:fail", args)
         status = answer.get("status") if isinstance(answer, dict) else None
         if status not in ("queued", "failed", "dead"):
@@ -437,11 +465,17 @@ class ConvexBackend(Backend):
     def list_jobs(
         self, agent_id: str | None = None, status: JobStatus | None = None
     ) -> list[dict[str, Any]]:
-        args = {k: v for k, v in {"agentId": agent_id, "status": status}.items() if v is not None}
+        args = _given(agentId=agent_id, status=status)
         return _rows(self._call("query", "service/jobs:list", args, idempotent=True))
 
-    def conversation_history(self, conversation: Conversation, limit: int) -> list[Turn]:
-        args = {"conversation": conversation.model_dump(by_alias=True), "limit": limit}
+    def conversation_history(
+        self, conversation: Conversation, session_key: str, limit: int
+    ) -> list[Turn]:
+        args = {
+            "conversation": conversation.model_dump(by_alias=True),
+            "sessionKey": session_key,
+            "limit": limit,
+        }
         answer = _rows(self._call("query", "service/jobs:history", args, idempotent=True))
         return [_parsed(Turn, row) for row in answer]
 
@@ -455,18 +489,25 @@ class ConvexBackend(Backend):
                 raise JobNotFound(str(args["id"])) from None
             raise
 
-    def watch_agents(self, on_change: Callable[[], None]) -> AgentsWatcher | None:
-        """A subscription to `service/agents:version` (AGENT_SYNC_MODE=subscribe)."""
+    def watch_agents(self, on_change: Callable[[], None]) -> ChangeFeed | None:
+        """A subscription to `service/agents:version` (AGENT_SYNC_MODE=subscribe), run in
+        a child process (see `backend.convex_watch`)."""
         if not self._subscribe:
             return None
-        watcher = AgentsWatcher(self.url, self._secret, on_change)
-        watcher.start()
-        return watcher
+        feed = ChangeFeed(
+            self.url, self._secret, [VERSION_QUERY], lambda _query: on_change(), name="agent"
+        )
+        feed.start()
+        return feed
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         self._http.close()  # closing the pool does not wait for calls in progress
 
     # --- the HTTP API -------------------------------------------------------------------
+
+    def _change_signal(self, path: str) -> str:
+        # One attempt, no retries: a change signal is polled, the next poll is the retry.
+        return str(self._post("query", path, self._body(path, {})))
 
     def _call(self, kind: str, path: str, args: dict[str, Any], *, idempotent: bool) -> Any:
         body = self._body(path, args)
@@ -543,6 +584,11 @@ def _error_text(response: httpx.Response) -> str:
     if isinstance(body, dict) and "message" in body:
         return f"{body.get('code', '')}: {body['message']}"
     return str(body)[:200]
+
+
+def _given(**args: Any) -> dict[str, Any]:
+    """The arguments that are not None: the functions take a left-out key for "not given"."""
+    return {name: value for name, value in args.items() if value is not None}
 
 
 def _rows(value: Any) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 /**
  * What the vectors cannot see through the public API: presence is deleted with its
- * agent, heartbeats never write `agents`, and a few argument edge cases.
+ * agent, heartbeats never write `agents`, an unset setting is an absent field, and a few
+ * argument edge cases.
  */
 import { ConvexError } from "convex/values";
 import { afterEach, beforeEach, expect, test, vi } from "vitest";
@@ -133,5 +134,58 @@ test("a bad label's message names the field, is short and has no control charact
     expect(error.data.message).toMatch(new RegExp(`^${field} must be a string of 1 to 200 `));
     expect(error.data.message.length).toBeLessThan(200);
     expect(error.data.message).not.toMatch(/[\u0000-\u001f\u007f-\u009f]/);
+  }
+});
+
+test("an unset agent setting is an absent field; a cleared one is deleted", async () => {
+  const settings = {
+    instructions: "Be brief.",
+    model: "m",
+    wakeupPrompt: "Anything new?",
+    wakeupIntervalMs: 60_000,
+  };
+  const created = (await call(t, "mutation", "service/agents:create", {
+    serviceKey,
+    name: "a",
+    heartbeatIntervalMs: 5000,
+    ...settings,
+  })) as { id: string };
+  const stored = () => t.run(async (ctx) => (await ctx.db.query("agents").first())!);
+  expect(await stored()).toMatchObject(settings);
+  const cleared = { instructions: "", model: "", wakeupPrompt: "", wakeupIntervalMs: 0 };
+  await call(t, "mutation", "service/agents:update", {
+    serviceKey,
+    agentId: created.id,
+    ...cleared,
+  });
+  await createAgent("plain");
+  for (const agent of await t.run((ctx) => ctx.db.query("agents").collect())) {
+    for (const field of Object.keys(settings)) expect(agent, field).not.toHaveProperty(field);
+  }
+});
+
+test("a setting's message names the field and the range; the wake-up pair says both go together", async () => {
+  const a = await createAgent("a");
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [
+      { instructions: "x".repeat(16_385) },
+      /^instructions must be a string of 1 to 16384 characters/,
+    ],
+    [{ wakeupPrompt: 7 }, /^wakeupPrompt must be a string of 1 to 32768 characters, got 7$/],
+    [{ wakeupIntervalMs: 999 }, /^wakeupIntervalMs must be a whole number from 1000 to 86400000/],
+    [{ model: "gpt\n4" }, /^model must be a string of 1 to 200 characters without control/],
+    [{ wakeupPrompt: "Anything new?" }, /^wakeupPrompt and wakeupIntervalMs go together/],
+  ];
+  for (const [args, message] of cases) {
+    const error = await call(t, "mutation", "service/agents:update", {
+      serviceKey,
+      agentId: a,
+      ...args,
+    }).then(
+      () => expect.fail("expected a rejection"),
+      (e: unknown) => e as ConvexError<{ code: string; message: string }>,
+    );
+    expect(error.data.code).toBe("INVALID_ARGUMENT");
+    expect(error.data.message).toMatch(message);
   }
 });

@@ -1,13 +1,16 @@
 /**
  * Jobs, with fake timers: claim locks that expire (each counts as an attempt, dead at
  * `maxAttempts`), a job backing off (`notBefore`) that holds back its agent's later jobs;
- * and what the vectors leave to the Convex functions: argument edge cases, the choices
- * the contract leaves open (empty or long replies, webhook messages that make no job,
- * idempotency keys across agents), cut errors. The vectors cannot move the clock.
+ * the jobs counter and expired locks, wake-up jobs that ended, a release after the lock
+ * expired; and what the vectors leave to the Convex functions: argument edge cases, the
+ * choices the contract leaves open (empty or long replies, webhook messages that make no
+ * job, idempotency keys across agents), cut errors, what is stored. The vectors cannot
+ * move the clock.
  */
 import { ConvexError } from "convex/values";
 import { afterEach, beforeEach, expect, test, vi } from "vitest";
 import { MAX_TEXT_LENGTH } from "./functions/lib/args";
+import { AGENT_REMOVED } from "./functions/lib/jobs";
 import { LOCK_EXPIRED, MAX_ERROR_LENGTH } from "./functions/lib/whatsapp";
 import { call, newBackend, type Backend } from "./testing";
 
@@ -16,6 +19,7 @@ const T0 = 1_700_000_000_000;
 const J = "service/jobs:";
 const CONV = { channel: "whatsapp", accountId: "acct", contact: "15550000001" };
 const USAGE = { inputTokens: 1, outputTokens: 2 };
+const SESSION = "s1";
 let t: Backend;
 
 beforeEach(() => {
@@ -39,6 +43,7 @@ type Job = {
   error: string | null;
 };
 type OutboxRow = { id: string; to: string; text: string };
+type Release = { released: boolean };
 
 function mutation(name: string, args: Record<string, unknown>): Promise<unknown> {
   return call(t, "mutation", J + name, { serviceKey, ...args });
@@ -71,15 +76,21 @@ function claim(
   return mutation("claim", args) as Promise<Claimed[]>;
 }
 
-function complete(id: string, claimToken: string, result: string) {
-  return mutation("complete", { id, claimToken, result, usage: USAGE, steps: 1 }) as Promise<{
-    status: string;
-    replyId: string | null;
-  }>;
+function complete(id: string, claimToken: string, result: string, sessionKey = SESSION) {
+  const args = { id, claimToken, sessionKey, result, usage: USAGE, steps: 1 };
+  return mutation("complete", args) as Promise<{ status: string; replyId: string | null }>;
+}
+
+function history(conversation: object, sessionKey = SESSION, limit = 10): Promise<unknown[]> {
+  return query("history", { conversation, sessionKey, limit }) as Promise<unknown[]>;
 }
 
 function get(id: string): Promise<Job> {
   return query("get", { id }) as Promise<Job>;
+}
+
+function jobsVersion(): Promise<string> {
+  return query("version", {}) as Promise<string>;
 }
 
 function outbox(): Promise<OutboxRow[]> {
@@ -217,8 +228,7 @@ test("an empty result queues no reply; a long one is cut to a WhatsApp message",
   const [c1] = await claim([a]);
   expect(await complete(j1, c1.claimToken, "")).toEqual({ status: "done", replyId: null });
   expect(await outbox()).toEqual([]);
-  const turns = (await query("history", { conversation: CONV, limit: 10 })) as unknown[];
-  expect(turns).toMatchObject([
+  expect(await history(CONV)).toMatchObject([
     { role: "user", content: "one", jobId: j1, at: T0 },
     { role: "assistant", content: "", jobId: j1, at: T0 },
   ]);
@@ -296,7 +306,7 @@ test("inputs and results count characters; edge cases are INVALID_ARGUMENT and c
   const big = "\u{1F600}".repeat(32768);
   const j1 = await enqueue(a, big);
   const [{ claimToken }] = await claim([a]);
-  const done = { id: j1, claimToken, usage: USAGE, steps: 1 };
+  const done = { id: j1, claimToken, sessionKey: SESSION, usage: USAGE, steps: 1 };
   const cases: [string, Record<string, unknown>][] = [
     ["enqueue", { agentId: a, input: `${big}x` }],
     ["enqueue", { agentId: a, input: "x", conversation: null }],
@@ -321,8 +331,7 @@ test("inputs and results count characters; edge cases are INVALID_ARGUMENT and c
       "INVALID_ARGUMENT",
     );
   }
-  const history = { conversation: CONV, limit: 1.5 };
-  expect(await codeOf(query("history", history))).toBe("INVALID_ARGUMENT");
+  expect(await codeOf(history(CONV, SESSION, 1.5))).toBe("INVALID_ARGUMENT");
   expect(await codeOf(query("list", { agentId: a, status: null }))).toBe("INVALID_ARGUMENT");
   expect(await get(j1)).toMatchObject({ status: "running", attempts: 0 });
   expect(await query("list", {})).toHaveLength(1);
@@ -363,4 +372,184 @@ test("claim tokens are fresh random UUIDs", async () => {
   const tokens = (await claim(agents)).map((c) => c.claimToken);
   expect(new Set(tokens).size).toBe(5);
   for (const token of tokens) expect(token).toMatch(/^[0-9a-f-]{36}$/);
+});
+
+test("a claim moves the jobs version when it puts an expired lock back, not when the job dies", async () => {
+  const a = await createAgent();
+  const j1 = await enqueue(a, "one");
+  await claim([a], { lockMs: 1000, maxAttempts: 2 });
+  const v1 = await jobsVersion();
+  vi.setSystemTime(T0 + 1000);
+  // Put back (attempt 1 of 2) and claimed again in the same call.
+  expect(await claim([a], { lockMs: 1000, maxAttempts: 2 })).toMatchObject([{ id: j1 }]);
+  const v2 = await jobsVersion();
+  expect(v2).not.toBe(v1);
+  vi.setSystemTime(T0 + 2000);
+  expect(await claim([a], { lockMs: 1000, maxAttempts: 2 })).toEqual([]);
+  expect(await get(j1)).toMatchObject({ status: "dead", attempts: 2 });
+  expect(await jobsVersion()).toBe(v2);
+  // A job whose notBefore comes changes nothing either: claims find it.
+  const j2 = await enqueue(a, "two");
+  const [{ claimToken }] = await claim([a]);
+  await mutation("fail", { id: j2, claimToken, error: "e", retryAt: T0 + 5000, maxAttempts: 3 });
+  const v3 = await jobsVersion();
+  vi.setSystemTime(T0 + 5000);
+  expect(await claim([a])).toMatchObject([{ id: j2, attempts: 1 }]);
+  expect(await jobsVersion()).toBe(v3);
+});
+
+test("release puts a claim back at once, also after its lock expired, and clears the worker", async () => {
+  const a = await createAgent();
+  const j1 = await enqueue(a, "one");
+  const j2 = await enqueue(a, "two");
+  const [{ claimToken }] = await claim([a], { lockMs: 1000 });
+  vi.setSystemTime(T0 + 5000);
+  expect(await mutation("release", { id: j1, claimToken })).toEqual({ released: true });
+  expect(await get(j1)).toMatchObject({
+    status: "queued",
+    attempts: 0,
+    notBefore: T0 + 5000,
+    lockedUntil: null,
+    workerId: null,
+    error: null,
+  });
+  const rows = await t.run((ctx) => ctx.db.query("jobs").collect());
+  expect(rows[0].claimToken).toBeUndefined();
+  // Still first in its agent's queue.
+  expect(await claim([a])).toMatchObject([{ id: j1, attempts: 0 }]);
+  expect(await get(j2)).toMatchObject({ status: "queued" });
+});
+
+test("release of an id that is no job's, or of a removed job, is false", async () => {
+  const a = await createAgent();
+  const j1 = await enqueue(a, "one");
+  const [{ claimToken }] = await claim([a]);
+  await t.run((ctx) => ctx.db.delete(ctx.db.normalizeId("jobs", j1)!));
+  for (const id of [j1, "not-an-id", a]) {
+    expect((await mutation("release", { id, claimToken })) as Release).toEqual({
+      released: false,
+    });
+  }
+});
+
+test("a wake-up job that ended, however it ended, lets the next one be queued", async () => {
+  const a = await createAgent();
+  const w1 = await enqueue(a, "wake", { kind: "wakeup" });
+  let [{ claimToken }] = await claim([a], { lockMs: 1000, maxAttempts: 1 });
+  expect(await enqueue(a, "wake", { kind: "wakeup" })).toBe(w1);
+  vi.setSystemTime(T0 + 1000);
+  expect(await claim([a], { maxAttempts: 1 })).toEqual([]); // its lock expired: dead
+  expect(await get(w1)).toMatchObject({ status: "dead" });
+  const w2 = await enqueue(a, "wake", { kind: "wakeup" });
+  expect(w2).not.toBe(w1);
+  [{ claimToken }] = await claim([a]);
+  await mutation("fail", { id: w2, claimToken, error: "refused", maxAttempts: 3 });
+  const w3 = await enqueue(a, "wake", { kind: "wakeup" });
+  expect(w3).not.toBe(w2);
+  const stored = await t.run((ctx) => ctx.db.query("jobs").collect());
+  expect(stored.map((row) => row.kind)).toEqual(["wakeup", "wakeup", "wakeup"]);
+});
+
+test("a job stored before kinds existed reads as a task and never counts as a pending wake-up", async () => {
+  const a = await createAgent();
+  const now = Date.now();
+  await t.run(async (ctx) => {
+    await ctx.db.insert("jobs", {
+      agentId: ctx.db.normalizeId("agents", a)!,
+      input: "old",
+      status: "queued",
+      attempts: 0,
+      notBefore: now,
+      createdAt: now,
+      updatedAt: now,
+    });
+  });
+  expect(await query("list", {})).toMatchObject([{ kind: "task", input: "old" }]);
+  const w1 = await enqueue(a, "wake", { kind: "wakeup" });
+  expect(await query("list", {})).toHaveLength(2);
+  expect(await enqueue(a, "wake", { kind: "wakeup" })).toBe(w1);
+});
+
+test("a direct conversation queues no reply; turns are stored with their session", async () => {
+  const a = await createAgent();
+  const conversation = { channel: "direct", id: "cli-1" };
+  const j1 = await enqueue(a, "one", { conversation });
+  const [{ claimToken }] = await claim([a]);
+  expect(await complete(j1, claimToken, "reply", "s-a")).toEqual({
+    status: "done",
+    replyId: null,
+  });
+  expect(await t.run((ctx) => ctx.db.query("whatsappOutbound").collect())).toEqual([]);
+  const turns = await t.run((ctx) => ctx.db.query("turns").collect());
+  expect(turns).toMatchObject([
+    { conversationKey: "direct:cli-1", sessionKey: "s-a", role: "user" },
+    { conversationKey: "direct:cli-1", sessionKey: "s-a", role: "assistant" },
+  ]);
+  expect(await history(conversation, "s-a")).toHaveLength(2);
+  expect(await history(conversation, SESSION)).toEqual([]);
+});
+
+test("turns stored before sessions belong to no session's history", async () => {
+  const a = await createAgent();
+  const j1 = await enqueue(a, "one", { conversation: CONV });
+  await t.run(async (ctx) => {
+    const jobId = ctx.db.normalizeId("jobs", j1)!;
+    const conversationKey = "whatsapp:acct:15550000001";
+    await ctx.db.insert("turns", { conversationKey, jobId, role: "user", content: "x", at: 1 });
+  });
+  expect(await history(CONV)).toEqual([]);
+});
+
+test("removing an agent removes the claim tokens of its running jobs", async () => {
+  const a = await createAgent();
+  await enqueue(a, "one");
+  await claim([a]);
+  await call(t, "mutation", "service/agents:remove", { serviceKey, agentId: a });
+  const rows = await t.run((ctx) => ctx.db.query("jobs").collect());
+  expect(rows).toMatchObject([{ status: "failed", error: AGENT_REMOVED }]);
+  expect(rows[0].claimToken).toBeUndefined();
+  expect(rows[0].lockedUntil).toBeUndefined();
+});
+
+test("bad kinds, conversations and session keys name the field", async () => {
+  const a = await createAgent();
+  const cases: [Promise<unknown>, RegExp][] = [
+    [
+      mutation("enqueue", { agentId: a, input: "x", kind: "urgent" }),
+      /^kind must be one of task, wakeup, got "urgent"$/,
+    ],
+    [
+      mutation("enqueue", { agentId: a, input: "x", conversation: "cli" }),
+      /^conversation must be an object /,
+    ],
+    [
+      mutation("enqueue", { agentId: a, input: "x", conversation: { ...CONV, channel: "sms" } }),
+      /^conversation\.channel must be one of whatsapp, direct, got "sms"$/,
+    ],
+    [
+      mutation("enqueue", {
+        agentId: a,
+        input: "x",
+        conversation: { channel: "direct", id: "a\nb" },
+      }),
+      /^conversation\.id must be a string of 1 to 200 characters/,
+    ],
+    [
+      mutation("enqueue", {
+        agentId: a,
+        input: "x",
+        conversation: { channel: "direct", id: "x", contact: "1" },
+      }),
+      /^conversation must be an object \{channel, id\}, got /,
+    ],
+    [
+      query("history", { conversation: CONV, limit: 1 }),
+      /^sessionKey must be a string of 1 to 200 /,
+    ],
+  ];
+  for (const [promise, message] of cases) {
+    const error = await errorOf(promise);
+    expect(error.code).toBe("INVALID_ARGUMENT");
+    expect(error.message).toMatch(message);
+  }
 });

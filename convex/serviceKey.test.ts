@@ -50,15 +50,24 @@ const CALLS: [Kind, string, Record<string, unknown>][] = [
   [
     "mutation",
     "service/jobs:complete",
-    { id: "x", claimToken: "t", result: "r", usage: { inputTokens: 1, outputTokens: 1 }, steps: 1 },
+    {
+      id: "x",
+      claimToken: "t",
+      sessionKey: "s",
+      result: "r",
+      usage: { inputTokens: 1, outputTokens: 1 },
+      steps: 1,
+    },
   ],
   ["mutation", "service/jobs:fail", { id: "x", claimToken: "t", error: "e", maxAttempts: 1 }],
+  ["mutation", "service/jobs:release", { id: "x", claimToken: "t" }],
+  ["query", "service/jobs:version", {}],
   ["query", "service/jobs:get", { id: "x" }],
   ["query", "service/jobs:list", {}],
   [
     "query",
     "service/jobs:history",
-    { conversation: { channel: "whatsapp", accountId: "a", contact: "15550000001" }, limit: 1 },
+    { conversation: { channel: "direct", id: "c" }, sessionKey: "s", limit: 1 },
   ],
 ];
 

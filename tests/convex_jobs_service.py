@@ -7,12 +7,13 @@ from pydantic import ValidationError
 
 from backend.local import LocalBackend
 from messages.agent import describe_validation_error
-from messages.jobs import MAX_INPUT_CHARS, Conversation, Usage
+from messages.jobs import CONVERSATION, MAX_INPUT_CHARS, Conversation, Usage
 from tests.convex_whatsapp_service import Function
 from tests.fake_convex import ServiceError
 from tests.service_args import label, string, whole
 
 JOB_STATUSES = ("queued", "running", "done", "failed", "dead")
+JOB_KINDS = ("task", "wakeup")
 MAX_AGENT_IDS = 1000
 
 
@@ -22,7 +23,12 @@ def jobs_functions(backend: LocalBackend) -> dict[str, Function]:
     def enqueue(a: dict[str, Any]) -> dict[str, str]:
         key = label(a, "idempotencyKey") if "idempotencyKey" in a else None
         conversation = _conversation(a["conversation"]) if "conversation" in a else None
-        job_id = backend.enqueue_job(string(a, "agentId"), _text(a, "input", 1), conversation, key)
+        kind = a.get("kind", "task")
+        if kind not in JOB_KINDS:
+            raise ServiceError("INVALID_ARGUMENT", f"kind: one of {JOB_KINDS}, got {kind!r}")
+        job_id = backend.enqueue_job(
+            string(a, "agentId"), _text(a, "input", 1), conversation, key, kind=kind
+        )
         return {"id": job_id}
 
     def claim(a: dict[str, Any]) -> list[dict[str, Any]]:
@@ -58,11 +64,15 @@ def jobs_functions(backend: LocalBackend) -> dict[str, Function]:
         reply_id = backend.complete_job(
             string(a, "id"),
             string(a, "claimToken"),
+            session_key=label(a, "sessionKey"),
             result=_text(a, "result", 0),
             usage=usage,
             steps=whole(a, "steps", 0),
         )
         return {"status": "done", "replyId": reply_id}
+
+    def release(a: dict[str, Any]) -> dict[str, bool]:
+        return {"released": backend.release_job(string(a, "id"), label(a, "claimToken"))}
 
     def fail(a: dict[str, Any]) -> dict[str, str]:
         status = backend.fail_job(
@@ -83,7 +93,9 @@ def jobs_functions(backend: LocalBackend) -> dict[str, Function]:
 
     def history(a: dict[str, Any]) -> list[dict[str, Any]]:
         turns = backend.conversation_history(
-            _conversation(a.get("conversation")), whole(a, "limit", 1, 200)
+            _conversation(a.get("conversation")),
+            label(a, "sessionKey"),
+            whole(a, "limit", 1, 200),
         )
         return [turn.model_dump(by_alias=True) for turn in turns]
 
@@ -91,7 +103,7 @@ def jobs_functions(backend: LocalBackend) -> dict[str, Function]:
         "service/jobs:enqueue": (
             "mutation",
             enqueue,
-            {"agentId", "input", "conversation", "idempotencyKey"},
+            {"agentId", "kind", "input", "conversation", "idempotencyKey"},
         ),
         "service/jobs:claim": (
             "mutation",
@@ -102,8 +114,10 @@ def jobs_functions(backend: LocalBackend) -> dict[str, Function]:
         "service/jobs:complete": (
             "mutation",
             complete,
-            {"id", "claimToken", "result", "usage", "steps"},
+            {"id", "claimToken", "sessionKey", "result", "usage", "steps"},
         ),
+        "service/jobs:release": ("mutation", release, {"id", "claimToken"}),
+        "service/jobs:version": ("query", lambda a: backend.jobs_version(), set()),
         "service/jobs:fail": (
             "mutation",
             fail,
@@ -111,7 +125,7 @@ def jobs_functions(backend: LocalBackend) -> dict[str, Function]:
         ),
         "service/jobs:get": ("query", lambda a: backend.get_job(string(a, "id")), {"id"}),
         "service/jobs:list": ("query", listing, {"agentId", "status"}),
-        "service/jobs:history": ("query", history, {"conversation", "limit"}),
+        "service/jobs:history": ("query", history, {"conversation", "sessionKey", "limit"}),
     }
 
 
@@ -125,8 +139,17 @@ def _text(args: dict[str, Any], name: str, min_chars: int) -> str:
 
 
 def _conversation(value: Any) -> Conversation:
+    """Exactly the fields of its channel (as the reference functions); a WhatsApp contact
+    as stored, without its "+"."""
     try:
-        conversation = Conversation.model_validate(value)
+        conversation = CONVERSATION.validate_python(value)
     except ValidationError as error:
         raise ServiceError("INVALID_ARGUMENT", describe_validation_error(error)) from None
-    return conversation.model_copy(update={"contact": conversation.contact.removeprefix("+")})
+    fields = {str(field.alias) for field in type(conversation).model_fields.values()}
+    if set(value) != fields:
+        raise ServiceError(
+            "INVALID_ARGUMENT", f"conversation: expected exactly {sorted(fields)}, got {value!r}"
+        )
+    if conversation.channel == "whatsapp":
+        return conversation.model_copy(update={"contact": conversation.contact.removeprefix("+")})
+    return conversation

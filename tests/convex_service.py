@@ -84,7 +84,8 @@ class LocalService:
         ):
             raise ServiceError("UNAUTHORIZED", "missing or wrong service key")
         _kind, function, takes = self._functions[path]
-        _check_arguments(args, takes)
+        # A setting given as null at a create is unset, as on the reference functions.
+        _check_arguments(args, takes, _SETTINGS if path == "service/agents:create" else set())
         try:
             return function(args)
         except (AgentNotFound, MessageNotFound, JobNotFound) as error:
@@ -97,21 +98,31 @@ class LocalService:
             raise ServiceError("CONFLICT", str(error)) from None
 
     def _create(self, args: dict[str, Any]) -> dict[str, Any]:
+        _check_setting_types(args)
         record = self.backend.create_agent(
             args.get("name"),  # type: ignore[arg-type]  # validated by the backend
             args.get("heartbeatIntervalMs"),  # type: ignore[arg-type]
             args.get("sessionKey"),
             label(args, "idempotencyKey") if "idempotencyKey" in args else None,
+            instructions=args.get("instructions"),
+            model=args.get("model"),
+            wakeup_prompt=args.get("wakeupPrompt"),
+            wakeup_interval_ms=args.get("wakeupIntervalMs"),
         )
         return _config(record.model_dump(by_alias=True))
 
     def _update(self, args: dict[str, Any]) -> dict[str, Any]:
+        _check_setting_types(args)
         _check_agent_fields(args)  # before looking the agent up, as the functions do
         record = self.backend.update_agent(
             string(args, "agentId"),
             name=args.get("name"),
             heartbeat_interval_ms=args.get("heartbeatIntervalMs"),
             session_key=args.get("sessionKey"),
+            instructions=args.get("instructions"),
+            model=args.get("model"),
+            wakeup_prompt=args.get("wakeupPrompt"),
+            wakeup_interval_ms=args.get("wakeupIntervalMs"),
         )
         return _config(record.model_dump(by_alias=True))
 
@@ -153,26 +164,47 @@ class LocalService:
         return {"removed": self.backend.deregister_worker(worker_id, instance_id)}
 
 
-_FIELDS = {"agentId", "name", "heartbeatIntervalMs", "sessionKey"}
+_SETTINGS = {"instructions", "model", "wakeupPrompt", "wakeupIntervalMs"}
+_FIELDS = {"agentId", "name", "heartbeatIntervalMs", "sessionKey", *_SETTINGS}
+_CONFIG = ("id", "name", "sessionKey", "heartbeatIntervalMs", *sorted(_SETTINGS), "updatedAt")
 MIN_TTL_MS, MAX_TTL_MS = 1_000, 600_000
 
 
-def _check_arguments(args: dict[str, Any], takes: set[str]) -> None:
+def _check_arguments(args: dict[str, Any], takes: set[str], nullable: set[str]) -> None:
     unknown = set(args) - takes - {"serviceKey"}
     if unknown:
         raise ServiceError("INVALID_ARGUMENT", f"unknown argument(s): {sorted(unknown)}")
-    nulls = [name for name in takes if name in args and args[name] is None]
+    nulls = [name for name in takes - nullable if name in args and args[name] is None]
     if nulls:
         raise ServiceError("INVALID_ARGUMENT", f"{nulls[0]}: expected a value, got null")
 
 
+def _check_setting_types(args: dict[str, Any]) -> None:
+    """Refuse a setting of the wrong type first: the backend reads any false value as unset,
+    the functions only "" for a string setting and 0 for the interval."""
+    for name in _SETTINGS - {"wakeupIntervalMs"}:
+        if name in args and args[name] is not None:
+            string(args, name)
+    interval = args.get("wakeupIntervalMs")
+    if isinstance(interval, bool) or not isinstance(interval, int | float | None):
+        raise ServiceError(
+            "INVALID_ARGUMENT", f"wakeupIntervalMs: expected a number, got {interval!r}"
+        )
+
+
 def _check_agent_fields(args: dict[str, Any]) -> None:
+    """Each given field alone (an empty setting clears it); the wake-up pair needs the
+    agent, so the backend checks it."""
     try:
         AgentRecord(
             id="check",
             name=args.get("name", "check"),
             session_key=args.get("sessionKey", "check"),
             heartbeat_interval_ms=args.get("heartbeatIntervalMs", 1),
+            instructions=args.get("instructions") or None,
+            model=args.get("model") or None,
+            wakeup_prompt=args.get("wakeupPrompt") or "check",
+            wakeup_interval_ms=args.get("wakeupIntervalMs") or 1000,
             updated_at=0,
         )
     except ValidationError as error:
@@ -180,7 +212,7 @@ def _check_agent_fields(args: dict[str, Any]) -> None:
 
 
 def _config(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: row[k] for k in ("id", "name", "sessionKey", "heartbeatIntervalMs", "updatedAt")}
+    return {k: row[k] for k in _CONFIG}
 
 
 def _heartbeat(beat: Any) -> Heartbeat:

@@ -27,7 +27,7 @@ from agent_runtime.errors import (
 )
 from backend.convex import CLIENT_VERSION, ConvexBackend
 from messages import Heartbeat
-from messages.jobs import Conversation, Usage
+from messages.jobs import DirectConversation, Usage, WhatsAppConversation
 from messages.whatsapp import InboundMessage, StatusUpdate
 from tests.conftest import SECRET
 from tests.fake_convex import FakeConvex
@@ -304,8 +304,10 @@ def test_every_whatsapp_call_round_trips_and_fencing_maps_to_typed_errors(
 
 def test_every_job_call_round_trips_and_maps_its_errors(convex: ConvexBackend) -> None:
     agent = convex.create_agent("worker-bee", 5000)
-    chat = Conversation(channel="whatsapp", account_id="acct", contact="+15550001")
+    chat = WhatsAppConversation(channel="whatsapp", account_id="acct", contact="+15550001")
+    version = convex.jobs_version()
     job_id = convex.enqueue_job(agent.id, "hello?", chat, idempotency_key="k1")
+    assert convex.jobs_version() != version
     assert convex.enqueue_job(agent.id, "hello?", chat, idempotency_key="k1") == job_id
     with pytest.raises(AgentNotFound):
         convex.enqueue_job("no-such-agent", "x")
@@ -319,21 +321,92 @@ def test_every_job_call_round_trips_and_maps_its_errors(convex: ConvexBackend) -
     with pytest.raises(Fenced):
         convex.renew_job(job_id, "stale-token", 60_000)
     usage = Usage(input_tokens=1, output_tokens=2)
-    reply = convex.complete_job(job_id, job.claim_token, result="hi!", usage=usage, steps=1)
+    reply = convex.complete_job(
+        job_id, job.claim_token, session_key="s1", result="hi!", usage=usage, steps=1
+    )
     assert reply is not None
     assert [m["id"] for m in convex.list_outbox("acct")] == [reply]
-    turns = convex.conversation_history(chat.model_copy(update={"contact": "15550001"}), 10)
+    stored_chat = chat.model_copy(update={"contact": "15550001"})
+    turns = convex.conversation_history(stored_chat, "s1", 10)
     assert [t.role for t in turns] == ["user", "assistant"]
+    assert convex.conversation_history(stored_chat, "s2", 10) == []
     assert convex.get_job(job_id)["status"] == "done"
     assert [j["id"] for j in convex.list_jobs(agent.id, "done")] == [job_id]
     with pytest.raises(JobNotFound):
         convex.get_job("no-such-job")
     second = convex.enqueue_job(agent.id, "again")
     (claimed,) = convex.claim_jobs([agent.id], "w1", limit=5, lock_ms=60_000, max_attempts=3)
+    assert convex.release_job(second, claimed.claim_token)
+    assert not convex.release_job(second, claimed.claim_token)
+    (claimed,) = convex.claim_jobs([agent.id], "w1", limit=5, lock_ms=60_000, max_attempts=3)
     assert (
         convex.fail_job(second, claimed.claim_token, error="boom", retry_at_ms=None, max_attempts=3)
         == "failed"
     )
+    wakeup = convex.enqueue_job(agent.id, "anything new?", kind="wakeup")
+    assert convex.enqueue_job(agent.id, "anything new?", kind="wakeup") == wakeup
+    assert convex.get_job(wakeup)["kind"] == "wakeup"
+    direct = DirectConversation(channel="direct", id="cli-1")
+    third = convex.enqueue_job(agent.id, "direct", direct)
+    assert convex.get_job(third)["conversation"] == {"channel": "direct", "id": "cli-1"}
+
+
+def test_agent_settings_round_trip_and_clear(convex: ConvexBackend) -> None:
+    record = convex.create_agent(
+        "scout",
+        5000,
+        instructions="Be brief.",
+        model="gpt-4o-mini",
+        wakeup_prompt="Anything new?",
+        wakeup_interval_ms=60_000,
+    )
+    assert (record.instructions, record.model, record.wakeup_interval_ms) == (
+        "Be brief.",
+        "gpt-4o-mini",
+        60_000,
+    )
+    (row,) = convex.list_agents()
+    assert (row["wakeupPrompt"], row["wakeupIntervalMs"]) == ("Anything new?", 60_000)
+    with pytest.raises(InvalidAgent, match="go together"):
+        convex.update_agent(record.id, wakeup_prompt="")
+    kept = convex.update_agent(record.id, name="scout-2")  # None leaves the settings as they are
+    assert (kept.instructions, kept.wakeup_prompt) == ("Be brief.", "Anything new?")
+    cleared = convex.update_agent(
+        record.id, instructions="", model="", wakeup_prompt="", wakeup_interval_ms=0
+    )
+    assert (cleared.instructions, cleared.model, cleared.wakeup_prompt) == (None, None, None)
+    assert cleared.wakeup_interval_ms is None
+    with pytest.raises(InvalidAgent, match="1000"):
+        convex.create_agent("x", 5000, wakeup_prompt="p", wakeup_interval_ms=999)
+
+
+def test_a_release_is_retried_after_a_lost_answer_the_jobs_version_is_read_once(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    agent = convex.create_agent("a", 5000)
+    job_id = convex.enqueue_job(agent.id, "one")
+    (job,) = convex.claim_jobs([agent.id], "w1", limit=1, lock_ms=60_000, max_attempts=3)
+    convex_deployment.fail_next("503", path="service/jobs:release")  # may have run
+    assert convex.release_job(job_id, job.claim_token)
+    assert len(calls_to(convex_deployment, "service/jobs:release")) == 2
+    convex_deployment.fail_next("503", count=10, path="service/jobs:version")
+    with pytest.raises(BackendUnavailable, match="server error 503"):
+        convex.jobs_version()
+    assert len(calls_to(convex_deployment, "service/jobs:version")) == 1
+
+
+def test_an_enqueue_without_a_key_is_not_retried_after_a_lost_answer(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    agent = convex.create_agent("a", 5000)
+    convex_deployment.fail_next("503", path="service/jobs:enqueue")
+    with pytest.raises(BackendUnavailable):
+        convex.enqueue_job(agent.id, "once", kind="wakeup")
+    assert len(calls_to(convex_deployment, "service/jobs:enqueue")) == 1
+    convex_deployment.fail_next("503", path="service/jobs:enqueue")
+    job_id = convex.enqueue_job(agent.id, "keyed", idempotency_key="k")
+    assert len(calls_to(convex_deployment, "service/jobs:enqueue")) == 3
+    assert convex.enqueue_job(agent.id, "keyed", idempotency_key="k") == job_id
 
 
 def test_a_delivery_over_the_functions_limit_is_recorded_in_chunks(

@@ -4,13 +4,13 @@ import { v } from "convex/values";
 /**
  * Configuration (`agents`) and presence (`presence`) live in separate tables, so a
  * heartbeat never writes an `agents` document and never invalidates queries that
- * read only configuration. `counters` holds the change counter behind
- * `service/agents:version`, moved by every configuration change and by every worker
- * that joins, leaves or expires. `sweeps` holds at most one document: the pending
- * presence sweep (see ../lib/model.ts). `workers` holds the worker registrations.
- * The `whatsapp*` tables hold the sender lease of each WhatsApp account, the outbound
- * queue, and what webhooks delivered (see ../lib/whatsapp.ts). `jobs` holds the agents'
- * job queue, and `turns` the history of each conversation (see ../lib/jobs.ts).
+ * read only configuration. `counters` holds the change counters behind
+ * `service/agents:version` and `service/jobs:version` (see ../lib/counters.ts). `sweeps`
+ * holds at most one document: the pending presence sweep (see ../lib/model.ts).
+ * `workers` holds the worker registrations. The `whatsapp*` tables hold the sender lease
+ * of each WhatsApp account, the outbound queue, and what webhooks delivered (see
+ * ../lib/whatsapp.ts). `jobs` holds the agents' job queue, and `turns` the history of
+ * each conversation (see ../lib/jobs.ts).
  */
 export default defineSchema({
   agents: defineTable({
@@ -21,6 +21,14 @@ export default defineSchema({
     updatedAt: v.number(),
     /** The `create` call's key: a retried create returns this agent. */
     idempotencyKey: v.optional(v.string()),
+    /** The agent's system prompt; absent when unset. */
+    instructions: v.optional(v.string()),
+    /** The model of its jobs; absent when unset (the worker's default). */
+    model: v.optional(v.string()),
+    /** The input of its wake-up jobs; set exactly when `wakeupIntervalMs` is. */
+    wakeupPrompt: v.optional(v.string()),
+    /** Ms between its wake-ups; set exactly when `wakeupPrompt` is. */
+    wakeupIntervalMs: v.optional(v.number()),
   }).index("by_idempotencyKey", ["idempotencyKey"]),
   presence: defineTable({
     agentId: v.id("agents"),
@@ -136,11 +144,16 @@ export default defineSchema({
   }).index("by_providerId_status", ["providerId", "status"]),
   jobs: defineTable({
     agentId: v.id("agents"),
+    /** `task`, or `wakeup` (at most one queued or running per agent); absent: `task`. */
+    kind: v.optional(v.union(v.literal("task"), v.literal("wakeup"))),
     /** The conversation the job continues, if any. */
     conversation: v.optional(
-      v.object({ channel: v.literal("whatsapp"), accountId: v.string(), contact: v.string() }),
+      v.union(
+        v.object({ channel: v.literal("whatsapp"), accountId: v.string(), contact: v.string() }),
+        v.object({ channel: v.literal("direct"), id: v.string() }),
+      ),
     ),
-    /** `whatsapp:<accountId>:<contact>` for a job with a conversation (see `conversationKey`). */
+    /** The conversation's key (see `conversationKey`), for a job with a conversation. */
     conversationKey: v.optional(v.string()),
     input: v.string(),
     status: v.union(
@@ -177,15 +190,18 @@ export default defineSchema({
     .index("by_agentId", ["agentId"])
     .index("by_status", ["status"])
     .index("by_agentId_status", ["agentId", "status"])
+    .index("by_agentId_kind_status", ["agentId", "kind", "status"])
     .index("by_conversationKey_status", ["conversationKey", "status"])
     .index("by_idempotencyKey", ["idempotencyKey"]),
   turns: defineTable({
-    /** `whatsapp:<accountId>:<contact>`, as on the job. */
+    /** The conversation's key, as on the job. */
     conversationKey: v.string(),
+    /** The agent session the job ran in; absent on turns stored before sessions. */
+    sessionKey: v.optional(v.string()),
     jobId: v.id("jobs"),
     role: v.union(v.literal("user"), v.literal("assistant")),
     content: v.string(),
     /** Epoch ms: when the job that added the turn completed. */
     at: v.number(),
-  }).index("by_conversationKey", ["conversationKey"]),
+  }).index("by_conversationKey_sessionKey", ["conversationKey", "sessionKey"]),
 });

@@ -14,6 +14,7 @@ import type {
   FunctionReference,
 } from "convex/server";
 import type * as lib_args from "../lib/args.js";
+import type * as lib_counters from "../lib/counters.js";
 import type * as lib_errors from "../lib/errors.js";
 import type * as lib_jobs from "../lib/jobs.js";
 import type * as lib_model from "../lib/model.js";
@@ -38,6 +39,7 @@ import type * as service_workers from "../service/workers.js";
  */
 declare const fullApi: ApiFromModules<{
   "lib/args": typeof lib_args;
+  "lib/counters": typeof lib_counters;
   "lib/errors": typeof lib_errors;
   "lib/jobs": typeof lib_jobs;
   "lib/model": typeof lib_model;

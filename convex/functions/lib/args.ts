@@ -10,6 +10,13 @@ import { requireServiceKey } from "./serviceKey";
 /** Longest heartbeat interval: one day. */
 export const MAX_HEARTBEAT_INTERVAL_MS = 86_400_000;
 
+/** Shortest and longest time between an agent's wake-ups (`wakeupIntervalMs`): 1 s to a day. */
+export const MIN_WAKEUP_INTERVAL_MS = 1_000;
+export const MAX_WAKEUP_INTERVAL_MS = 86_400_000;
+
+/** Longest agent `instructions` (its system prompt), in characters (Unicode code points). */
+export const MAX_INSTRUCTIONS_LENGTH = 16_384;
+
 /** Longest label (`name`, `sessionKey`, `workerId`, `instanceId`), in characters. */
 export const MAX_LABEL_LENGTH = 200;
 
@@ -26,7 +33,10 @@ export const MAX_TEXT_LENGTH = 4096;
 /** Most inbound messages, and most statuses, in one webhook delivery. */
 export const MAX_WEBHOOK_ITEMS = 1000;
 
-/** Longest job `input` and `result`, in characters (Unicode code points). */
+/**
+ * Longest job `input` and `result`, and agent `wakeupPrompt` (a wake-up job's input), in
+ * characters (Unicode code points).
+ */
 export const MAX_JOB_TEXT_LENGTH = 32768;
 
 /** Most agent ids in one job claim (`agentIds`). */
@@ -39,8 +49,12 @@ export const MAX_HISTORY_TURNS = 200;
 export const JOB_STATUSES = ["queued", "running", "done", "failed", "dead"] as const;
 export type JobStatus = (typeof JOB_STATUSES)[number];
 
+/** Kinds of job: a `wakeup` job is queued only if its agent has none queued or running. */
+export const JOB_KINDS = ["task", "wakeup"] as const;
+export type JobKind = (typeof JOB_KINDS)[number];
+
 /** Channels a job's conversation can be on. */
-export const CHANNELS = ["whatsapp"] as const;
+export const CHANNELS = ["whatsapp", "direct"] as const;
 
 /** Statuses of an outbound WhatsApp message (`queued` -> `sending` -> `sent` -> ...). */
 export const OUTBOUND_STATUSES = [
@@ -61,14 +75,21 @@ export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 const CONTROL_GLOBAL = new RegExp(CONTROL.source, "g");
 
-/**
- * The conversation a job continues: a WhatsApp contact (`contact`: digits, no "+") of
- * account `accountId`.
- */
-export type Conversation = {
-  channel: (typeof CHANNELS)[number];
-  accountId: string;
-  contact: string;
+/** A WhatsApp contact (`contact`: digits, no "+") of account `accountId`: replies go to it. */
+export type WhatsAppConversation = { channel: "whatsapp"; accountId: string; contact: string };
+
+/** A conversation named by the caller (`id`, a label), with no outbound channel. */
+export type DirectConversation = { channel: "direct"; id: string };
+
+/** The conversation a job continues. */
+export type Conversation = WhatsAppConversation | DirectConversation;
+
+/** What an agent's jobs run with (null: unset); the wake-up pair is set or unset together. */
+export type AgentSettings = {
+  instructions: string | null;
+  model: string | null;
+  wakeupPrompt: string | null;
+  wakeupIntervalMs: number | null;
 };
 
 /** Tokens a job's turn used (`service/jobs:complete`). */
@@ -110,6 +131,9 @@ function invalid(field: string, expected: string, value: unknown): never {
   throw contractError("INVALID_ARGUMENT", `${field} must be ${expected}, got ${show(value)}`);
 }
 
+/** A check of one argument: its value, or `INVALID_ARGUMENT` naming `field`. */
+type Check<T> = (field: string, value: unknown) => T;
+
 /**
  * Check the service key, then that `args` has no keys besides `serviceKey` and
  * `allowed`. Returns `args` for destructuring.
@@ -126,10 +150,10 @@ export function serviceArgs(args: unknown, allowed: string[]): Record<string, un
 }
 
 /**
- * A label (`name`, `sessionKey`, `workerId`, `instanceId`, `accountId`, `ownerId`,
- * `idempotencyKey`, `claimToken`, `wamid`, a webhook's `providerId` and `from`): a string
- * of 1 to 200 characters (Unicode code points, not UTF-16 units) with no control characters
- * (U+0000 to U+001F, U+007F to U+009F).
+ * A label (`name`, `sessionKey`, `model`, `workerId`, `instanceId`, `accountId`,
+ * `ownerId`, `idempotencyKey`, `claimToken`, `wamid`, a webhook's `providerId` and `from`,
+ * a direct conversation's `id`): a string of 1 to 200 characters (Unicode code points, not
+ * UTF-16 units) with no control characters (U+0000 to U+001F, U+007F to U+009F).
  */
 export function label(field: string, value: unknown): string {
   if (
@@ -162,6 +186,11 @@ function wholeNumberIn(field: string, value: unknown, min: number, max: number):
 /** A whole number from 1 to 86400000 (`heartbeatIntervalMs`). */
 export function heartbeatIntervalMs(field: string, value: unknown): number {
   return wholeNumberIn(field, value, 1, MAX_HEARTBEAT_INTERVAL_MS);
+}
+
+/** A whole number from 1000 to 86400000 (`wakeupIntervalMs`). */
+export function wakeupIntervalMs(field: string, value: unknown): number {
+  return wholeNumberIn(field, value, MIN_WAKEUP_INTERVAL_MS, MAX_WAKEUP_INTERVAL_MS);
 }
 
 /** A whole number from 1000 to 600000 (`ttlMs`, `lockMs`). */
@@ -227,6 +256,16 @@ export function jobResult(field: string, value: unknown): string {
   return text(field, value, 0, MAX_JOB_TEXT_LENGTH);
 }
 
+/** An agent's `instructions`: 1 to 16384 characters. */
+export function instructions(field: string, value: unknown): string {
+  return text(field, value, 1, MAX_INSTRUCTIONS_LENGTH);
+}
+
+/** An agent's `wakeupPrompt`: 1 to 32768 characters (it becomes a job's input). */
+export function wakeupPrompt(field: string, value: unknown): string {
+  return text(field, value, 1, MAX_JOB_TEXT_LENGTH);
+}
+
 /** One of `options` (a status). */
 export function oneOf<T extends string>(field: string, value: unknown, options: readonly T[]): T {
   if (typeof value !== "string" || !(options as readonly string[]).includes(value)) {
@@ -249,12 +288,49 @@ export function epochMs(field: string, value: unknown): number {
 }
 
 /** `undefined` (the argument was left out) or what `check` accepts. */
-export function optional<T>(
-  check: (field: string, value: unknown) => T,
+export function optional<T>(check: Check<T>, field: string, value: unknown): T | undefined {
+  return value === undefined ? undefined : check(field, value);
+}
+
+/**
+ * An agent setting of `service/agents:update`: undefined (unchanged) when left out, null
+ * (clear it) for `empty` ("" for a string setting, 0 for a number), else what `check`
+ * accepts.
+ */
+export function changedSetting<T>(
+  check: Check<T>,
   field: string,
   value: unknown,
-): T | undefined {
-  return value === undefined ? undefined : check(field, value);
+  empty: "" | 0,
+): T | null | undefined {
+  if (value === undefined) return undefined;
+  return value === empty ? null : check(field, value);
+}
+
+/**
+ * An agent setting of `service/agents:create`: null (unset) when left out, null or
+ * `empty`, else what `check` accepts.
+ */
+export function initialSetting<T>(
+  check: Check<T>,
+  field: string,
+  value: unknown,
+  empty: "" | 0,
+): T | null {
+  return changedSetting(check, field, value ?? empty, empty) ?? null;
+}
+
+/**
+ * `INVALID_ARGUMENT` unless the agent settings `wakeupPrompt` and `wakeupIntervalMs` are
+ * both set or both unset.
+ */
+export function requireWakeupPair(settings: AgentSettings): void {
+  if ((settings.wakeupPrompt === null) !== (settings.wakeupIntervalMs === null)) {
+    throw contractError(
+      "INVALID_ARGUMENT",
+      "wakeupPrompt and wakeupIntervalMs go together: set both, or clear both",
+    );
+  }
 }
 
 /**
@@ -265,7 +341,7 @@ function arrayOf<T>(
   field: string,
   value: unknown,
   what: string,
-  item: (at: string, value: unknown) => T,
+  item: Check<T>,
   max = Infinity,
 ): T[] {
   if (!Array.isArray(value) || value.length > max) {
@@ -281,12 +357,14 @@ function arrayOf<T>(
  */
 function objectWith(field: string, value: unknown, keys: string[]): Record<string, unknown> {
   const shape = `an object {${keys.join(", ")}}`;
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    invalid(field, shape, value);
-  }
+  if (!isRecord(value)) invalid(field, shape, value);
   const names = keys.map((key) => key.replace(/\?$/, ""));
   if (Object.keys(value).some((key) => !names.includes(key))) invalid(field, shape, value);
-  return value as Record<string, unknown>;
+  return value;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 /** An array of `{agentId: string, atMs: whole number >= 0}` (`beats`). */
@@ -310,13 +388,25 @@ export function claimAgentIds(field: string, value: unknown): string[] {
 }
 
 /**
- * A job's conversation `{channel: "whatsapp", accountId: label, contact: 7 to 15 digits,
- * an optional leading "+" dropped}`.
+ * A job's conversation: `{channel: "whatsapp", accountId: label, contact: 7 to 15 digits,
+ * an optional leading "+" dropped}` or `{channel: "direct", id: label}`.
  */
 export function conversation(field: string, value: unknown): Conversation {
+  if (!isRecord(value)) {
+    invalid(
+      field,
+      'an object {channel: "whatsapp", accountId, contact} or {channel: "direct", id}',
+      value,
+    );
+  }
+  const channel = oneOf(`${field}.channel`, value.channel, CHANNELS);
+  if (channel === "direct") {
+    const c = objectWith(field, value, ["channel", "id"]);
+    return { channel, id: label(`${field}.id`, c.id) };
+  }
   const c = objectWith(field, value, ["channel", "accountId", "contact"]);
   return {
-    channel: oneOf(`${field}.channel`, c.channel, CHANNELS),
+    channel,
     accountId: label(`${field}.accountId`, c.accountId),
     contact: phoneNumber(`${field}.contact`, c.contact),
   };

@@ -9,9 +9,14 @@
  * backing off holds back the later ones), and a conversation one at a time.
  *
  * Fencing: each claim sets a new random `claimToken` and `lockedUntil`; `renew`,
- * `complete` and `fail` need that token while the job is `running` (an expired lock
- * that no claim has reset yet still counts), so a worker that lost its claim can never
- * finish the job.
+ * `complete`, `fail` and `release` need that token while the job is `running` (an
+ * expired lock that no claim has reset yet still counts), so a worker that lost its
+ * claim can never finish the job. Removing the agent fails the job and removes its token.
+ *
+ * The `jobs` counter (`service/jobs:version`) moves whenever a job becomes claimable by
+ * an event: it is queued, failed back to the queue, released, or put back by a claim
+ * after its lock expired. Not when a job is claimed or finished, nor when a `notBefore`
+ * comes.
  */
 import type { Doc, Id } from "../_generated/dataModel";
 import type { MutationCtx, QueryCtx } from "../_generated/server";
@@ -19,18 +24,24 @@ import {
   MAX_TEXT_LENGTH,
   phoneDigits,
   type Conversation,
+  type JobKind,
   type JobStatus,
   type Usage,
   type WebhookMessage,
 } from "./args";
+import { bumpCounter } from "./counters";
 import { contractError } from "./errors";
 import { findAgent, requireAgent } from "./model";
 import * as whatsapp from "./whatsapp";
+
+/** The `error` of the jobs a removed agent left queued or running. */
+export const AGENT_REMOVED = "agent removed";
 
 /** A job, as `service/jobs:get` and `service/jobs:list` return it. */
 export type Job = {
   id: Id<"jobs">;
   agentId: Id<"agents">;
+  kind: JobKind;
   conversation: Conversation | null;
   input: string;
   status: JobStatus;
@@ -64,17 +75,19 @@ export type Turn = { role: "user" | "assistant"; content: string; jobId: Id<"job
 
 /**
  * The key of a conversation in `jobs` and `turns`: `whatsapp:<accountId>:<contact>`
- * (unambiguous, since the contact is digits only).
+ * (unambiguous, since the contact is digits only) or `direct:<id>`.
  */
 export function conversationKey(conversation: Conversation): string {
-  const { channel, accountId, contact } = conversation;
-  return `${channel}:${accountId}:${contact}`;
+  return conversation.channel === "whatsapp"
+    ? `whatsapp:${conversation.accountId}:${conversation.contact}`
+    : `direct:${conversation.id}`;
 }
 
 function toJob(row: Doc<"jobs">): Job {
   return {
     id: row._id,
     agentId: row.agentId,
+    kind: row.kind ?? "task",
     conversation: row.conversation ?? null,
     input: row.input,
     status: row.status,
@@ -95,10 +108,15 @@ function fenced(message: string): never {
   throw contractError("FENCED", message);
 }
 
+/** The job `id`, or null (also for ids that are not job ids). */
+async function findJob(ctx: QueryCtx, id: string): Promise<Doc<"jobs"> | null> {
+  const normalized = ctx.db.normalizeId("jobs", id);
+  return normalized && (await ctx.db.get(normalized));
+}
+
 /** The job `id`, or `NOT_FOUND` (also for ids that are not job ids). */
 async function requireJob(ctx: QueryCtx, id: string): Promise<Doc<"jobs">> {
-  const normalized = ctx.db.normalizeId("jobs", id);
-  const row = normalized && (await ctx.db.get(normalized));
+  const row = await findJob(ctx, id);
   if (!row) throw contractError("NOT_FOUND", `no job with id ${JSON.stringify(id)}`);
   return row;
 }
@@ -111,14 +129,17 @@ function requireClaim(row: Doc<"jobs">, claimToken: string): void {
 }
 
 /**
- * Queue a job of agent `agentId` (`NOT_FOUND` for an unknown agent), claimable at once.
- * With an `idempotencyKey` already used (by any agent), nothing is queued and the earlier
- * job's id is returned (whatever its input and conversation).
+ * Queue a job of agent `agentId` (`NOT_FOUND` for an unknown agent), claimable at once,
+ * and move the `jobs` counter. With an `idempotencyKey` already used (by any agent),
+ * nothing is queued and the earlier job's id is returned (whatever its input and
+ * conversation); so is the pending one's for a `wakeup` job while the agent has one
+ * queued or running.
  */
 export async function enqueue(
   ctx: MutationCtx,
   fields: {
     agentId: string;
+    kind: JobKind;
     input: string;
     conversation?: Conversation;
     idempotencyKey?: string;
@@ -133,12 +154,13 @@ async function insertJob(
   ctx: MutationCtx,
   fields: {
     agentId: Id<"agents">;
+    kind: JobKind;
     input: string;
     conversation?: Conversation;
     idempotencyKey?: string;
   },
 ): Promise<{ id: Id<"jobs"> }> {
-  const { agentId, input, conversation, idempotencyKey } = fields;
+  const { agentId, kind, input, conversation, idempotencyKey } = fields;
   if (idempotencyKey !== undefined) {
     const earlier = await ctx.db
       .query("jobs")
@@ -146,9 +168,14 @@ async function insertJob(
       .first();
     if (earlier) return { id: earlier._id };
   }
+  if (kind === "wakeup") {
+    const pending = await pendingWakeup(ctx, agentId);
+    if (pending) return { id: pending._id };
+  }
   const now = Date.now();
   const id = await ctx.db.insert("jobs", {
     agentId,
+    kind,
     ...(conversation === undefined
       ? {}
       : { conversation, conversationKey: conversationKey(conversation) }),
@@ -160,7 +187,22 @@ async function insertJob(
     createdAt: now,
     updatedAt: now,
   });
+  await bumpCounter(ctx, "jobs");
   return { id };
+}
+
+/** The agent's `wakeup` job that is queued or running, if any (there is at most one). */
+async function pendingWakeup(ctx: QueryCtx, agentId: Id<"agents">): Promise<Doc<"jobs"> | null> {
+  for (const status of ["queued", "running"] as const) {
+    const row = await ctx.db
+      .query("jobs")
+      .withIndex("by_agentId_kind_status", (q) =>
+        q.eq("agentId", agentId).eq("kind", "wakeup").eq("status", status),
+      )
+      .first();
+    if (row) return row;
+  }
+  return null;
 }
 
 /**
@@ -185,6 +227,7 @@ export async function inboundRouting(
     if (text.length === 0 || contact === null) return;
     await insertJob(ctx, {
       agentId: agent._id,
+      kind: "task",
       input: text,
       conversation: { channel: "whatsapp", accountId, contact },
       idempotencyKey: `whatsapp:${providerId}`,
@@ -205,7 +248,8 @@ async function conversationBusy(ctx: QueryCtx, key: string): Promise<boolean> {
 
 /**
  * A running job whose lock expired: count an attempt (`error` "claim lock expired"),
- * remove the claim, and queue it again, or make it `dead` at `maxAttempts`.
+ * remove the claim, and queue it again (moving the `jobs` counter), or make it `dead` at
+ * `maxAttempts`.
  */
 async function expireLock(
   ctx: MutationCtx,
@@ -214,14 +258,16 @@ async function expireLock(
   now: number,
 ): Promise<void> {
   const attempts = row.attempts + 1;
+  const status = attempts >= maxAttempts ? "dead" : "queued";
   await ctx.db.patch(row._id, {
-    status: attempts >= maxAttempts ? "dead" : "queued",
+    status,
     attempts,
     error: whatsapp.LOCK_EXPIRED,
     claimToken: undefined,
     lockedUntil: undefined,
     updatedAt: now,
   });
+  if (status === "queued") await bumpCounter(ctx, "jobs");
 }
 
 /**
@@ -329,19 +375,27 @@ export async function renew(
 /**
  * Finish running job `id` as `done` with `result`, `usage` and `steps`, and in the same
  * transaction, for a job with a conversation: append its input (a `user` turn) and its
- * result (an `assistant` turn) to the history, both at the time of completion; and queue
- * the result as a WhatsApp message to the contact with the idempotency key `job:<id>`
- * (its id is `replyId`). An empty result queues no message (`replyId` null; WhatsApp has
- * no empty messages), and a result longer than a WhatsApp message (4096 characters) is
- * cut to that length in the reply (the job and the history keep all of it).
+ * result (an `assistant` turn) to the history of agent session `sessionKey`, both at the
+ * time of completion; and, for a WhatsApp conversation, queue the result as a message to
+ * the contact with the idempotency key `job:<id>` (its id is `replyId`). An empty result
+ * queues no message (`replyId` null; WhatsApp has no empty messages), and a result longer
+ * than a WhatsApp message (4096 characters) is cut to that length in the reply (the job
+ * and the history keep all of it).
  * `FENCED` unless `claimToken` is current; a repeat with the same token answers as the
  * first call did and changes nothing.
  */
 export async function complete(
   ctx: MutationCtx,
-  fields: { id: string; claimToken: string; result: string; usage: Usage; steps: number },
+  fields: {
+    id: string;
+    claimToken: string;
+    sessionKey: string;
+    result: string;
+    usage: Usage;
+    steps: number;
+  },
 ): Promise<Completed> {
-  const { id, claimToken, result, usage, steps } = fields;
+  const { id, claimToken, sessionKey, result, usage, steps } = fields;
   const row = await requireJob(ctx, id);
   // The token stays on a done job, and only a new claim (of a queued job) replaces it.
   if (row.status === "done" && row.claimToken === claimToken) {
@@ -357,17 +411,17 @@ export async function complete(
     ] as const) {
       await ctx.db.insert("turns", {
         conversationKey: row.conversationKey,
+        sessionKey,
         jobId: row._id,
         role,
         content,
         at: now,
       });
     }
-    const { channel, accountId, contact } = row.conversation;
-    if (channel === "whatsapp" && result.length > 0) {
+    if (row.conversation.channel === "whatsapp" && result.length > 0) {
       const reply = await whatsapp.enqueue(ctx, {
-        accountId,
-        to: contact,
+        accountId: row.conversation.accountId,
+        to: row.conversation.contact,
         text: whatsapp.cut(result, MAX_TEXT_LENGTH),
         idempotencyKey: `job:${row._id}`,
       });
@@ -389,8 +443,9 @@ export async function complete(
 /**
  * Count a failed attempt of running job `id` and store `error` (cut to 500 characters):
  * with `retryAt` and attempts left (`attempts < maxAttempts`) the job is `queued` again
- * with `notBefore = retryAt`; with `retryAt` and no attempts left, `dead`; without
- * `retryAt`, `failed`. Returns the new status; `FENCED` unless `claimToken` is current.
+ * with `notBefore = retryAt` (moving the `jobs` counter); with `retryAt` and no attempts
+ * left, `dead`; without `retryAt`, `failed`. Returns the new status; `FENCED` unless
+ * `claimToken` is current.
  */
 export async function fail(
   ctx: MutationCtx,
@@ -415,7 +470,63 @@ export async function fail(
     lockedUntil: undefined,
     updatedAt: Date.now(),
   });
+  if (status === "queued") await bumpCounter(ctx, "jobs");
   return { status };
+}
+
+/**
+ * Give back the claim of job `id` without counting an attempt: if it is `running` with
+ * `claimToken`, it is `queued` again at once (`notBefore = now`; claim token, lock and
+ * worker removed) and the `jobs` counter moves. Returns whether it did; an unknown id
+ * (or one that is no job id) is `{released: false}` too.
+ */
+export async function release(
+  ctx: MutationCtx,
+  fields: { id: string; claimToken: string },
+): Promise<{ released: boolean }> {
+  const { id, claimToken } = fields;
+  const row = await findJob(ctx, id);
+  if (!row || row.status !== "running" || row.claimToken !== claimToken) {
+    return { released: false };
+  }
+  const now = Date.now();
+  await ctx.db.patch(row._id, {
+    status: "queued",
+    notBefore: now,
+    claimToken: undefined,
+    lockedUntil: undefined,
+    workerId: undefined,
+    updatedAt: now,
+  });
+  await bumpCounter(ctx, "jobs");
+  return { released: true };
+}
+
+/**
+ * What removing agent `agentId` does to its jobs, in the same transaction: each one that
+ * is `queued` or `running` becomes `failed` with `error` "agent removed", its claim token
+ * and lock removed (a worker still running it is fenced).
+ */
+export async function failJobsOfRemovedAgent(
+  ctx: MutationCtx,
+  agentId: Id<"agents">,
+): Promise<void> {
+  const now = Date.now();
+  for (const status of ["queued", "running"] as const) {
+    const rows = await ctx.db
+      .query("jobs")
+      .withIndex("by_agentId_status", (q) => q.eq("agentId", agentId).eq("status", status))
+      .collect();
+    for (const row of rows) {
+      await ctx.db.patch(row._id, {
+        status: "failed",
+        error: AGENT_REMOVED,
+        claimToken: undefined,
+        lockedUntil: undefined,
+        updatedAt: now,
+      });
+    }
+  }
 }
 
 /** The job `id`; `NOT_FOUND` for an unknown id. */
@@ -451,15 +562,20 @@ export async function list(
   return (await rows.take(whatsapp.SCAN_LIMIT)).map(toJob);
 }
 
-/** The last `limit` turns of `conversation`, oldest first (in the order they were added). */
+/**
+ * The last `limit` turns of `conversation` in agent session `sessionKey`, oldest first
+ * (in the order they were added).
+ */
 export async function history(
   ctx: QueryCtx,
-  conversation: Conversation,
-  limit: number,
+  fields: { conversation: Conversation; sessionKey: string; limit: number },
 ): Promise<Turn[]> {
+  const { conversation, sessionKey, limit } = fields;
   const rows = await ctx.db
     .query("turns")
-    .withIndex("by_conversationKey", (q) => q.eq("conversationKey", conversationKey(conversation)))
+    .withIndex("by_conversationKey_sessionKey", (q) =>
+      q.eq("conversationKey", conversationKey(conversation)).eq("sessionKey", sessionKey),
+    )
     .order("desc")
     .take(limit);
   return rows.reverse().map(({ role, content, jobId, at }) => ({ role, content, jobId, at }));

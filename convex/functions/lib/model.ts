@@ -1,12 +1,13 @@
 /**
- * Reads and writes of agents, presence, the presence sweep and the change counter,
- * shared by the public service functions and the internal functions the actions and
- * the scheduler call. Callers check the service key and the arguments first.
+ * Reads and writes of agents, presence and the presence sweep, shared by the public
+ * service functions and the internal functions the actions and the scheduler call.
+ * Callers check the service key and the arguments first.
  */
 import { internal } from "../_generated/api";
 import type { Doc, Id } from "../_generated/dataModel";
 import type { MutationCtx, QueryCtx } from "../_generated/server";
-import type { Beat } from "./args";
+import { requireWakeupPair, type AgentSettings, type Beat } from "./args";
+import { bumpCounter } from "./counters";
 import { contractError } from "./errors";
 import { cancelIfPending, isScheduled } from "./scheduled";
 
@@ -25,14 +26,14 @@ export const SWEEP_BATCH = 500;
  */
 export const SWEEP_MIN_DELAY_MS = 1_000;
 
-/** An agent's configuration, as `service/agents:list` returns it. */
+/** An agent's configuration, as `service/agents:list` returns it (null: unset). */
 export type AgentConfig = {
   id: Id<"agents">;
   name: string;
   sessionKey: string;
   heartbeatIntervalMs: number;
   updatedAt: number;
-};
+} & AgentSettings;
 
 /** An agent's presence, as `service/presence:list` returns it. */
 export type Presence = {
@@ -44,20 +45,35 @@ export type Presence = {
 /** Configuration and presence in one row (`service/actions:listAgents`). */
 export type AgentRow = AgentConfig & Omit<Presence, "agentId">;
 
-/** The fields `updateAgent` may change. */
+/**
+ * The fields `updateAgent` may change (undefined: unchanged); a setting set to null is
+ * cleared.
+ */
 export type AgentChanges = Partial<
-  Pick<AgentConfig, "name" | "sessionKey" | "heartbeatIntervalMs">
+  Pick<AgentConfig, "name" | "sessionKey" | "heartbeatIntervalMs"> & AgentSettings
 >;
 
-/**
- * The one change counter behind `service/agents:version`: agent changes and worker
- * joins, leaves and expiries all move it (its name predates the workers).
- */
-const AGENTS_COUNTER = "agents";
+function settingsOf(agent: Doc<"agents">): AgentSettings {
+  return {
+    instructions: agent.instructions ?? null,
+    model: agent.model ?? null,
+    wakeupPrompt: agent.wakeupPrompt ?? null,
+    wakeupIntervalMs: agent.wakeupIntervalMs ?? null,
+  };
+}
 
 function toConfig(agent: Doc<"agents">): AgentConfig {
   const { _id, name, sessionKey, heartbeatIntervalMs, updatedAt } = agent;
-  return { id: _id, name, sessionKey, heartbeatIntervalMs, updatedAt };
+  return { id: _id, name, sessionKey, heartbeatIntervalMs, updatedAt, ...settingsOf(agent) };
+}
+
+/**
+ * `values` as stored: an unset (null) setting is an absent field. `insert` leaves out a
+ * field set to undefined, and `patch` deletes it.
+ */
+function asStored<T extends object>(values: T): { [K in keyof T]: Exclude<T[K], null> } {
+  const entries = Object.entries(values).map(([key, value]) => [key, value ?? undefined]);
+  return Object.fromEntries(entries) as { [K in keyof T]: Exclude<T[K], null> };
 }
 
 /**
@@ -133,28 +149,6 @@ export async function listAgentRows(ctx: QueryCtx): Promise<AgentRow[]> {
   });
 }
 
-/** The change counter as a string ("0" before the first change). */
-export async function agentsVersion(ctx: QueryCtx): Promise<string> {
-  const counter = await ctx.db
-    .query("counters")
-    .withIndex("by_name", (q) => q.eq("name", AGENTS_COUNTER))
-    .unique();
-  return String(counter?.value ?? 0);
-}
-
-/**
- * Move the change counter; called by every configuration change and when a worker
- * joins, leaves or expires.
- */
-export async function bumpVersion(ctx: MutationCtx): Promise<void> {
-  const counter = await ctx.db
-    .query("counters")
-    .withIndex("by_name", (q) => q.eq("name", AGENTS_COUNTER))
-    .unique();
-  if (counter) await ctx.db.patch(counter._id, { value: counter.value + 1 });
-  else await ctx.db.insert("counters", { name: AGENTS_COUNTER, value: 1 });
-}
-
 /** The agent with this id, or null (also for strings that are not agent ids). */
 export async function findAgent(ctx: QueryCtx, agentId: string): Promise<Doc<"agents"> | null> {
   const id = ctx.db.normalizeId("agents", agentId);
@@ -170,7 +164,8 @@ export async function requireAgent(ctx: QueryCtx, agentId: string): Promise<Doc<
 
 /**
  * Create an agent (`sessionKey` defaults to `agent:<id>`) with offline presence,
- * and move the change counter. Returns its configuration.
+ * and move the `agents` counter. Returns its configuration. `INVALID_ARGUMENT` unless
+ * `wakeupPrompt` and `wakeupIntervalMs` are both set or both unset.
  */
 export async function createAgent(
   ctx: MutationCtx,
@@ -179,9 +174,10 @@ export async function createAgent(
     heartbeatIntervalMs: number;
     sessionKey?: string;
     idempotencyKey?: string;
-  },
+  } & AgentSettings,
 ): Promise<AgentConfig> {
-  const { name, heartbeatIntervalMs, sessionKey, idempotencyKey } = fields;
+  const { name, heartbeatIntervalMs, sessionKey, idempotencyKey, ...settings } = fields;
+  requireWakeupPair(settings);
   if (idempotencyKey !== undefined) {
     const known = await ctx.db
       .query("agents")
@@ -194,17 +190,20 @@ export async function createAgent(
     heartbeatIntervalMs,
     sessionKey: sessionKey ?? "",
     updatedAt: Date.now(),
-    ...(idempotencyKey !== undefined ? { idempotencyKey } : {}),
+    idempotencyKey,
+    ...asStored(settings),
   });
   if (sessionKey === undefined) await ctx.db.patch(id, { sessionKey: `agent:${id}` });
   await ctx.db.insert("presence", { agentId: id, status: "offline", lastHeartbeatAt: null });
-  await bumpVersion(ctx);
+  await bumpCounter(ctx, "agents");
   return toConfig((await ctx.db.get(id))!);
 }
 
 /**
- * Change some of an agent's fields, set `updatedAt`, and move the change counter.
- * Returns the configuration after the change; `NOT_FOUND` for an unknown id.
+ * Change some of an agent's fields, set `updatedAt`, and move the `agents` counter.
+ * Returns the configuration after the change; `NOT_FOUND` for an unknown id,
+ * `INVALID_ARGUMENT` unless `wakeupPrompt` and `wakeupIntervalMs` are both set or both
+ * unset after the change.
  *
  * A new `heartbeatIntervalMs` does not recompute the stored `staleAt` of the agent's
  * presence: its next beat does (until then the old interval decides when it goes stale).
@@ -216,16 +215,20 @@ export async function updateAgent(
 ): Promise<AgentConfig> {
   const agent = await requireAgent(ctx, agentId);
   // Leave out unchanged fields: `patch` would delete a field set to undefined.
-  const set = Object.fromEntries(
+  const changed: AgentChanges = Object.fromEntries(
     Object.entries(changes).filter(([, value]) => value !== undefined),
   );
-  await ctx.db.patch(agent._id, { ...set, updatedAt: Date.now() });
-  await bumpVersion(ctx);
+  requireWakeupPair({ ...settingsOf(agent), ...changed });
+  await ctx.db.patch(agent._id, { ...asStored(changed), updatedAt: Date.now() });
+  await bumpCounter(ctx, "agents");
   return toConfig((await ctx.db.get(agent._id))!);
 }
 
-/** Delete an agent and its presence, and move the change counter; `NOT_FOUND` for an unknown id. */
-export async function removeAgent(ctx: MutationCtx, agentId: string): Promise<void> {
+/**
+ * Delete an agent and its presence, and move the `agents` counter; `NOT_FOUND` for an
+ * unknown id. Returns the agent's id.
+ */
+export async function removeAgent(ctx: MutationCtx, agentId: string): Promise<Id<"agents">> {
   const agent = await requireAgent(ctx, agentId);
   const presence = await ctx.db
     .query("presence")
@@ -233,7 +236,8 @@ export async function removeAgent(ctx: MutationCtx, agentId: string): Promise<vo
     .collect();
   for (const row of presence) await ctx.db.delete(row._id);
   await ctx.db.delete(agent._id);
-  await bumpVersion(ctx);
+  await bumpCounter(ctx, "agents");
+  return agent._id;
 }
 
 /**

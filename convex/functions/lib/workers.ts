@@ -8,9 +8,9 @@
 import { internal } from "../_generated/api";
 import type { Doc } from "../_generated/dataModel";
 import type { MutationCtx, QueryCtx } from "../_generated/server";
+import { bumpCounter } from "./counters";
 import { contractError } from "./errors";
 import { cancelIfPending } from "./scheduled";
-import { bumpVersion } from "./model";
 
 /** What `service/workers:heartbeat` returns. */
 export type Heartbeat = { workers: string[]; expiresAt: number };
@@ -67,7 +67,7 @@ export async function heartbeatWorker(
   } else {
     await ctx.db.insert("workers", { workerId, instanceId, expiresAt, expiryJobId });
   }
-  if (!live) await bumpVersion(ctx);
+  if (!live) await bumpCounter(ctx, "agents");
   return { workers: await liveWorkers(ctx, now), expiresAt };
 }
 
@@ -85,7 +85,7 @@ export async function removeWorker(
   if (!current || current.instanceId !== instanceId) return { removed: false };
   await cancelIfPending(ctx, current.expiryJobId);
   await ctx.db.delete(current._id);
-  await bumpVersion(ctx);
+  await bumpCounter(ctx, "agents");
   return { removed: true };
 }
 
@@ -97,6 +97,6 @@ export async function expireWorker(ctx: MutationCtx, workerId: string): Promise<
   const current = await registrationOf(ctx, workerId);
   if (current && current.expiresAt <= Date.now()) {
     await ctx.db.delete(current._id);
-    await bumpVersion(ctx);
+    await bumpCounter(ctx, "agents");
   }
 }

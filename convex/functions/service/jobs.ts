@@ -2,7 +2,8 @@
  * Jobs: `service/jobs:*` in ../../../contract/README.md. Every function checks
  * `serviceKey` first (`UNAUTHORIZED`), then its arguments (`INVALID_ARGUMENT`). Each
  * agent runs its jobs one at a time in queue order, and each conversation one job at a
- * time; a stale claim token is `FENCED` (see ../lib/jobs.ts).
+ * time; a stale claim token is `FENCED` (see ../lib/jobs.ts). `version` signals jobs that
+ * became claimable.
  */
 import { v } from "convex/values";
 import { mutation, query } from "../_generated/server";
@@ -12,6 +13,7 @@ import {
   count,
   epochMs,
   historyLimit,
+  JOB_KINDS,
   JOB_STATUSES,
   jobInput,
   jobResult,
@@ -24,19 +26,23 @@ import {
   usage,
   wholeNumber,
 } from "../lib/args";
+import { readCounter } from "../lib/counters";
 import * as jobs from "../lib/jobs";
 
 /**
- * Queue a job for agent `agentId`: `input` (1 to 32768 characters), optionally in a
- * `conversation?` `{channel: "whatsapp", accountId, contact}`. Returns `{id}`; the same
- * id again for a repeated `idempotencyKey?`; `NOT_FOUND` for an unknown agent.
+ * Queue a job of `kind?` (`task`, the default, or `wakeup`) for agent `agentId`: `input`
+ * (1 to 32768 characters), optionally in a `conversation?` (`{channel: "whatsapp",
+ * accountId, contact}` or `{channel: "direct", id}`). Returns `{id}`; the same id again
+ * for a repeated `idempotencyKey?`, and the pending one's for a `wakeup` job while the
+ * agent has one queued or running; `NOT_FOUND` for an unknown agent.
  */
 export const enqueue = mutation({
   args: v.any(),
   handler: async (ctx, args): Promise<{ id: string }> => {
-    const a = serviceArgs(args, ["agentId", "input", "conversation", "idempotencyKey"]);
+    const a = serviceArgs(args, ["agentId", "kind", "input", "conversation", "idempotencyKey"]);
     return await jobs.enqueue(ctx, {
       agentId: string("agentId", a.agentId),
+      kind: optional((field, value) => oneOf(field, value, JOB_KINDS), "kind", a.kind) ?? "task",
       input: jobInput("input", a.input),
       conversation: optional(conversation, "conversation", a.conversation),
       idempotencyKey: optional(label, "idempotencyKey", a.idempotencyKey),
@@ -84,17 +90,18 @@ export const renew = mutation({
 /**
  * Finish running job `id` with `result` (0 to 32768 characters), `usage`
  * `{inputTokens, outputTokens}` and `steps` (whole numbers >= 0); a conversation gets the
- * turn in its history, and a WhatsApp one the reply queued once. Returns `{status:
- * "done", replyId}`; `FENCED` unless `claimToken` is current, `NOT_FOUND` for an unknown
- * id. A repeat answers as the first call did.
+ * turn in its history of agent session `sessionKey` (a label), and a WhatsApp one the
+ * reply queued once. Returns `{status: "done", replyId}`; `FENCED` unless `claimToken` is
+ * current, `NOT_FOUND` for an unknown id. A repeat answers as the first call did.
  */
 export const complete = mutation({
   args: v.any(),
   handler: async (ctx, args): Promise<jobs.Completed> => {
-    const a = serviceArgs(args, ["id", "claimToken", "result", "usage", "steps"]);
+    const a = serviceArgs(args, ["id", "claimToken", "sessionKey", "result", "usage", "steps"]);
     return await jobs.complete(ctx, {
       id: string("id", a.id),
       claimToken: label("claimToken", a.claimToken),
+      sessionKey: label("sessionKey", a.sessionKey),
       result: jobResult("result", a.result),
       usage: usage("usage", a.usage),
       steps: wholeNumber("steps", a.steps),
@@ -123,7 +130,36 @@ export const fail = mutation({
 });
 
 /**
- * The job `id`: `{id, agentId, conversation, input, status, attempts, notBefore,
+ * Give back the claim of running job `id` without counting an attempt: queued again at
+ * once if `claimToken` is current. Returns `{released: boolean}` (false, too, for an
+ * unknown id).
+ */
+export const release = mutation({
+  args: v.any(),
+  handler: async (ctx, args): Promise<{ released: boolean }> => {
+    const a = serviceArgs(args, ["id", "claimToken"]);
+    return await jobs.release(ctx, {
+      id: string("id", a.id),
+      claimToken: label("claimToken", a.claimToken),
+    });
+  },
+});
+
+/**
+ * A string that changes whenever a job becomes claimable by an event: queued, failed
+ * back to the queue, released, or put back by a claim after its lock expired; never
+ * when a job is claimed or finished.
+ */
+export const version = query({
+  args: v.any(),
+  handler: async (ctx, args): Promise<string> => {
+    serviceArgs(args, []);
+    return await readCounter(ctx, "jobs");
+  },
+});
+
+/**
+ * The job `id`: `{id, agentId, kind, conversation, input, status, attempts, notBefore,
  * lockedUntil, workerId, result, error, usage, steps, createdAt, updatedAt}` (null for
  * what is unset); `NOT_FOUND` for an unknown id.
  */
@@ -151,17 +187,17 @@ export const list = query({
 });
 
 /**
- * The last `limit` (1 to 200) turns of `conversation`, oldest first:
- * `[{role: "user" | "assistant", content, jobId, at}]`.
+ * The last `limit` (1 to 200) turns of `conversation` in agent session `sessionKey` (a
+ * label), oldest first: `[{role: "user" | "assistant", content, jobId, at}]`.
  */
 export const history = query({
   args: v.any(),
   handler: async (ctx, args): Promise<jobs.Turn[]> => {
-    const a = serviceArgs(args, ["conversation", "limit"]);
-    return await jobs.history(
-      ctx,
-      conversation("conversation", a.conversation),
-      historyLimit("limit", a.limit),
-    );
+    const a = serviceArgs(args, ["conversation", "sessionKey", "limit"]);
+    return await jobs.history(ctx, {
+      conversation: conversation("conversation", a.conversation),
+      sessionKey: label("sessionKey", a.sessionKey),
+      limit: historyLimit("limit", a.limit),
+    });
   },
 });
