@@ -576,6 +576,17 @@ class FakeConvex:
         with self._lock:
             self._faults.clear()
 
+    def drop_sync(self) -> int:
+        """Close every open WebSocket sync connection, as a deployment restart does (close code
+        1012); return how many were open. Clients may connect again at once (unless `stall_sync`).
+        Call it from a test thread (it waits for the server's loop). A no-op (0) before `start()`
+        and after `stop()`."""
+        loop = self._loop
+        if loop is None or self._server is None or loop.is_closed():
+            return 0
+        future = asyncio.run_coroutine_threadsafe(self._drop_all(), loop)
+        return future.result(_NOTIFY_TIMEOUT_S)
+
     def notify_changed(self) -> None:
         """Tell subscribers that data changed: re-evaluate every subscribed query everywhere.
 
@@ -879,6 +890,15 @@ class FakeConvex:
         else:
             async with conn.lock:
                 await self._transition(conn, [])
+
+    async def _drop_all(self) -> int:
+        conns = list(self._conns)
+        for conn in conns:
+            async with conn.lock:
+                conn.closed = True
+                with contextlib.suppress(Exception):  # the peer may be gone already
+                    await conn.ws.close(code=1012)
+        return len(conns)
 
     async def _notify_all(self, force: _SyncConnection | None = None) -> None:
         """Re-evaluate every connection's queries; push a Transition where results changed

@@ -17,7 +17,7 @@ from agent_runtime import metrics
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
 from backend.convex import ConvexBackend
-from backend.convex_watch import AgentsWatcher
+from backend.convex_watch import VERSION_QUERY, ChangeFeed
 from messages import HeartbeatStatus, SyncStatus
 from tests.conftest import SECRET, wait_for
 from tests.fake_convex import FakeConvex
@@ -247,8 +247,12 @@ def test_watcher_stops_cleanly_during_its_backoff(
     changes: list[int] = []
     # A refused key fails every subscription at once (UNAUTHORIZED), then the watcher
     # waits out its backoff; stop() lands in that wait.
-    watcher = AgentsWatcher(
-        convex_deployment.url, SecretStr("wrong-key-789"), lambda: changes.append(1)
+    watcher = ChangeFeed(
+        convex_deployment.url,
+        SecretStr("wrong-key-789"),
+        [VERSION_QUERY],
+        lambda _query: changes.append(1),
+        name="agent",
     )
     watcher.start()
     wait_for(lambda: "agent subscription failed" in caplog.text, what="a failed subscription")
