@@ -25,7 +25,7 @@ from actors.agents.heartbeat_writer import HeartbeatWriter
 from actors.agents.membership import Membership
 from actors.agents.sync import SyncActor
 from actors.dispatcher import Dispatcher
-from actors.jobs.dispatcher import JobDispatcher
+from actors.jobs.dispatcher import CLAIM_INTERVAL_S, JobDispatcher
 from actors.jobs.models import ModelProvider
 from actors.jobs.runner import AgentJobs, JobOptions, JobRunner
 from actors.scheduler import Scheduler, Timers
@@ -37,8 +37,8 @@ from agent_runtime.backoff import DEFAULT_BACKOFF, Backoff
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
 from agent_runtime.tools import ToolRegistry
-from backend.port import Backend, Watch
-from messages import AgentsChanged, ChildFailed, Deregister, RequestSync, TimerFired
+from backend.port import Backend, ChangeSignal, FeedState, Watch
+from messages import ChildFailed, Deregister, FeedStatus, RequestSync, SignalChanged, TimerFired
 from messages.whatsapp import LeaseHeld
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,9 @@ class RuntimeOptions:
     """The lease and sender of one WhatsApp account, on the roles that send."""
     jobs: JobsOptions | None = None
     """The agents' jobs, on the roles that run agents (None: agents run no jobs)."""
+    fallback_poll_s: float = 5.0
+    """How often the change signals are polled while the backend's change feed is down
+    (AGENT_FALLBACK_POLL_MS)."""
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
     backoff: Backoff = DEFAULT_BACKOFF
     intensity: tuple[int, float] = (DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD_S)
@@ -119,6 +122,8 @@ class Runtime(pykka.ThreadingActor):
         self._dispatcher: Dispatcher | None = None
         self._job_runner: JobRunner | None = None
         self._watch: Watch | None = None
+        self._feed: FeedStatus | None = None
+        """The change feed's last state, for children started after it was reported."""
         self._intensity = RestartIntensity(*options.intensity)
         self._consecutive_failures = 0
         self._last_start_s = 0.0
@@ -137,7 +142,7 @@ class Runtime(pykka.ThreadingActor):
         self._scheduler.start()
         if self._options.runs_agents:
             self._dispatcher = Dispatcher("agents", AGENT_DISPATCHER_THREADS)
-            self._watch = self._backend.watch_agents(self._agents_changed)
+            self._watch = self._backend.watch_changes(self._signal_changed, self._feed_state)
             if self._options.jobs is not None:
                 jobs = self._options.jobs
                 self._job_runner = JobRunner(
@@ -149,10 +154,15 @@ class Runtime(pykka.ThreadingActor):
                 )
         self._start_children()
 
-    def _agents_changed(self) -> None:
-        # Called from the change feed's thread: hand over to the Runtime's own thread.
+    # Called from the change feed's thread: hand over to the Runtime's own thread.
+
+    def _signal_changed(self, signal: ChangeSignal) -> None:
         with contextlib.suppress(pykka.ActorDeadError):
-            self.actor_ref.tell(AgentsChanged())
+            self.actor_ref.tell(SignalChanged(signal=signal))
+
+    def _feed_state(self, state: FeedState, last_error: str | None) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(FeedStatus(state=state, last_error=last_error))
 
     def _start_children(self) -> None:
         self._last_start_s = monotonic_s()
@@ -179,6 +189,12 @@ class Runtime(pykka.ThreadingActor):
                 worker_id=self._options.worker_id,
                 options=self._options.jobs.options,
                 concurrency=self._options.jobs.concurrency,
+                # With a feed, the backend's own signal covers retries and expired locks.
+                claim_interval_s=(
+                    self._options.sync_interval_s if self._watch is not None else CLAIM_INTERVAL_S
+                ),
+                feed=self._watch is not None,
+                fallback_poll_s=self._options.fallback_poll_s,
             )
             agent_jobs = AgentJobs(dispatcher=self.jobs, runner=self._job_runner)
         self.sync = SyncActor.start(
@@ -190,10 +206,14 @@ class Runtime(pykka.ThreadingActor):
             status_board=self._board,
             worker_id=self._options.worker_id,
             sync_interval_s=self._options.sync_interval_s,
-            poll_change_signal=self._watch is None,
+            feed=self._watch is not None,
+            fallback_poll_s=self._options.fallback_poll_s,
             backoff=self._options.backoff,
             jobs=agent_jobs,
         )
+        if self._feed is not None:  # restarted children learn where the feed stands
+            self._tell(self.sync, self._feed)
+            self._tell(self.jobs, self._feed)
         self.membership = Membership.start(
             supervisor=self.actor_ref,
             backend=self._backend,
@@ -262,15 +282,26 @@ class Runtime(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ChildFailed):
             self._child_failed(message)
-        elif isinstance(message, AgentsChanged):
-            if self.sync is not None:
-                with contextlib.suppress(pykka.ActorDeadError):
-                    self.sync.tell(RequestSync(reason="subscription"))
+        elif isinstance(message, SignalChanged):
+            if message.signal == "agents":
+                self._tell(self.sync, RequestSync(reason="subscription"))
+            else:
+                self._tell(self.jobs, message)
+        elif isinstance(message, FeedStatus):
+            self._feed = message
+            self._tell(self.sync, message)
+            self._tell(self.jobs, message)
         elif isinstance(message, TimerFired):
             if self._timers.accept(message) and message.key == RESTART_TIMER:
                 self._restart()
         else:
             super().on_receive(message)
+
+    @staticmethod
+    def _tell(ref: pykka.ActorRef[Any] | None, message: Any) -> None:
+        if ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(message)
 
     def _restart(self) -> None:
         assert self._restart_cause is not None

@@ -31,8 +31,8 @@ from agent_runtime.errors import (
     ServiceKeyRejected,
     WorkerIdTaken,
 )
-from backend.convex_watch import VERSION_QUERY, ChangeFeed
-from backend.port import CLOSE_TIMEOUT_S, Backend
+from backend.convex_watch import ChangeFeed
+from backend.port import CLOSE_TIMEOUT_S, Backend, ChangeSignal, FeedState
 from backend.retry import Unavailable, call_with_retries
 from messages import AgentRecord, Heartbeat
 from messages.agent import describe_validation_error, parse_agent_row
@@ -50,6 +50,10 @@ Parsed = TypeVar("Parsed", bound=BaseModel)
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 10.0
+
+AGENTS_VERSION = "service/agents:version"
+JOBS_VERSION = "service/jobs:version"
+"""The change signals: cheap queries, polled or subscribed to."""
 
 CLIENT_VERSION = __version__ if re.fullmatch(r"\d+\.\d+\.\d+", __version__) else "0.0.0"
 """Convex refuses a `Convex-Client` header whose version is not semver (400)."""
@@ -92,7 +96,7 @@ class ConvexBackend(Backend):
         return _rows(self._call("query", "service/agents:list", {}, idempotent=True))
 
     def agents_version(self) -> str:
-        return self._change_signal("service/agents:version")
+        return self._change_signal(AGENTS_VERSION)
 
     def list_presence(self) -> list[dict[str, Any]]:
         return _rows(self._call("query", "service/presence:list", {}, idempotent=True))
@@ -405,7 +409,7 @@ class ConvexBackend(Backend):
         return isinstance(answer, dict) and answer.get("released") is True
 
     def jobs_version(self) -> str:
-        return self._change_signal("service/jobs:version")
+        return self._change_signal(JOBS_VERSION)
 
     def complete_job(
         self,
@@ -489,13 +493,23 @@ class ConvexBackend(Backend):
                 raise JobNotFound(str(args["id"])) from None
             raise
 
-    def watch_agents(self, on_change: Callable[[], None]) -> ChangeFeed | None:
-        """A subscription to `service/agents:version` (AGENT_SYNC_MODE=subscribe), run in
-        a child process (see `backend.convex_watch`)."""
+    def watch_changes(
+        self,
+        on_change: Callable[[ChangeSignal], None],
+        on_state: Callable[[FeedState, str | None], None],
+    ) -> ChangeFeed | None:
+        """A subscription to `service/agents:version` and `service/jobs:version` (unless
+        AGENT_SYNC_MODE=poll), run in a child process (see `backend.convex_watch`)."""
         if not self._subscribe:
             return None
+        signals: dict[str, ChangeSignal] = {AGENTS_VERSION: "agents", JOBS_VERSION: "jobs"}
         feed = ChangeFeed(
-            self.url, self._secret, [VERSION_QUERY], lambda _query: on_change(), name="agent"
+            self.url,
+            self._secret,
+            list(signals),
+            lambda query: on_change(signals[query]),
+            on_state,
+            name="change",
         )
         feed.start()
         return feed

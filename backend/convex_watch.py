@@ -37,21 +37,19 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 from pydantic import SecretStr
 
 from agent_runtime.backoff import Backoff
 from agent_runtime.clock import monotonic_s
+from backend.port import FeedState
 from messages.text import cut, escape_controls
 
 logger = logging.getLogger(__name__)
 
-VERSION_QUERY = "service/agents:version"
-
-FeedState = Literal["subscribed", "down"]
-"""`subscribed`: every query delivered a value in the current child, whose connection is
-up. `down`: anything else (starting, failed, waiting to restart, stopped)."""
+# FeedState (backend.port): `subscribed` once every query delivered a value in the
+# current child, whose connection is up; `down` otherwise (starting, failed, waiting to
+# restart, stopped).
 
 DEFAULT_LIVENESS_TIMEOUT_S = 3.0
 """A child that writes no line for this long is killed and started again. It writes one

@@ -8,7 +8,7 @@ storage. Every method may raise
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from messages import AgentRecord, Heartbeat
 from messages.jobs import ClaimedJob, Conversation, JobKind, JobStatus, Turn, Usage
@@ -23,9 +23,15 @@ from messages.whatsapp import (
 
 CLOSE_TIMEOUT_S = 5.0
 
+ChangeSignal = Literal["agents", "jobs"]
+"""Which change signal moved: `agents_version()` or `jobs_version()`."""
+
+FeedState = Literal["subscribed", "down"]
+"""A change feed is `subscribed` while every signal it watches is pushed."""
+
 
 class Watch(Protocol):
-    """A running change feed (see `Backend.watch_agents`)."""
+    """A running change feed (see `Backend.watch_changes`)."""
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Stop the feed; no `on_change` call starts after this returns."""
@@ -380,10 +386,17 @@ class Backend(abc.ABC):
             AgentNotFound: no agent has this id.
         """
 
-    def watch_agents(self, on_change: Callable[[], None]) -> Watch | None:
-        """Start calling `on_change()` (from another thread) whenever agents change, if
-        this backend can push changes; None if it cannot, and the caller polls
-        `agents_version()` instead."""
+    def watch_changes(
+        self,
+        on_change: Callable[[ChangeSignal], None],
+        on_state: Callable[[FeedState, str | None], None],
+    ) -> Watch | None:
+        """If this backend can push changes: start calling, from another thread,
+        `on_change("agents")` whenever `agents_version()` changes and `on_change("jobs")`
+        whenever `jobs_version()` does (the current values count as changes whenever
+        the feed (re)connects), and `on_state(state, last_error)` as the feed goes
+        `subscribed` or `down`; it starts down. None if it cannot push, and the caller
+        polls both signals instead."""
         return None
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:  # noqa: B027 - adapters without resources need not override

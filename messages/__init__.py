@@ -4,7 +4,7 @@ from messages.agent import AgentList, AgentRecord, AgentRejection, UpdateAgent, 
 from messages.heartbeat import AgentsStopped, Heartbeat
 from messages.status import HeartbeatStatus, RunningAgent, SyncStatus
 from messages.supervision import ChildFailed
-from messages.sync import AgentsChanged, GetRunningAgents, RequestSync, RunSync
+from messages.sync import FeedStatus, GetRunningAgents, RequestSync, RunSync, SignalChanged
 from messages.timers import TimerFired
 from messages.workers import Deregister, MembershipStatus, RegistrationChanged
 
@@ -12,10 +12,10 @@ __all__ = [
     "AgentList",
     "AgentRecord",
     "AgentRejection",
-    "AgentsChanged",
     "AgentsStopped",
     "ChildFailed",
     "Deregister",
+    "FeedStatus",
     "GetRunningAgents",
     "Heartbeat",
     "HeartbeatStatus",
@@ -24,6 +24,7 @@ __all__ = [
     "RequestSync",
     "RunSync",
     "RunningAgent",
+    "SignalChanged",
     "SyncStatus",
     "TimerFired",
     "UpdateAgent",

@@ -1,6 +1,7 @@
 """Snapshots the actors publish for /health; the HTTP thread only ever reads them."""
 
 from collections.abc import Mapping
+from typing import Literal
 
 from messages._base import Message
 from messages.agent import AgentRecord
@@ -32,6 +33,11 @@ class SyncStatus(Message):
     """Agents that crashed and wait for their restart."""
     """The live workers the last sync divided the agents over, sorted, this one included."""
     agents: tuple[RunningAgent, ...]
+    feed: Literal["subscribed", "polling", "down"] = "polling"
+    """How agent changes reach this worker: pushed by the change feed, or by polling the
+    change signal (no feed, or the feed is down), or not at all (the polls fail too)."""
+    feed_error: str | None = None
+    """Why the change feed last went down."""
 
 
 class HeartbeatStatus(Message):

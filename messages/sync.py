@@ -1,5 +1,7 @@
 """Messages to the SyncActor."""
 
+from typing import Literal
+
 from messages._base import Message
 
 
@@ -9,8 +11,20 @@ class RequestSync(Message):
     reason: str
 
 
-class AgentsChanged(Message):
-    """Change feed -> Runtime: the backend says agents changed; sync now."""
+class SignalChanged(Message):
+    """Change feed -> Runtime: a change signal moved (`agents`: sync now; `jobs`: claim
+    now)."""
+
+    signal: Literal["agents", "jobs"]
+
+
+class FeedStatus(Message):
+    """Runtime -> SyncActor and JobDispatcher: the change feed is `subscribed` (changes
+    are pushed: stop polling) or `down` (poll at the fallback interval), and why it last
+    went down."""
+
+    state: Literal["subscribed", "down"]
+    last_error: str | None
 
 
 class RunSync(Message):

@@ -45,6 +45,7 @@ VARIABLES = (
     "MODEL",
     "MODEL_TIMEOUT_MS",
     "TOOLS_MODULES",
+    "AGENT_FALLBACK_POLL_MS",
 )
 
 
@@ -222,16 +223,21 @@ def test_agent_secret_is_required_with_convex_and_never_echoed(
     assert settings.agent_secret.get_secret_value() == "good-secret"
 
 
-def test_sync_mode_defaults_to_poll_and_subscribe_needs_convex(
+def test_sync_mode_subscribes_on_convex_by_default_and_subscribe_needs_convex(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert load_settings().subscribes is False
+    assert load_settings().agent_fallback_poll_ms == 5000
     monkeypatch.setenv("AGENT_SYNC_MODE", "subscribe")
     with pytest.raises(ConfigError, match="AGENT_SYNC_MODE='subscribe' needs CONVEX_URL"):
         load_settings()
     monkeypatch.setenv("CONVEX_URL", "https://x.convex.cloud")
     monkeypatch.setenv("AGENT_SECRET", "k")
     assert load_settings().subscribes is True
+    monkeypatch.delenv("AGENT_SYNC_MODE")
+    assert load_settings().subscribes is True
+    monkeypatch.setenv("AGENT_SYNC_MODE", "poll")
+    assert load_settings().subscribes is False
 
 
 def test_an_empty_worker_id_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:

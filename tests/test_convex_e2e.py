@@ -16,8 +16,8 @@ from actors.runtime import Runtime, RuntimeOptions
 from agent_runtime import metrics
 from agent_runtime.clock import monotonic_s
 from agent_runtime.status import StatusBoard
-from backend.convex import ConvexBackend
-from backend.convex_watch import VERSION_QUERY, ChangeFeed
+from backend.convex import AGENTS_VERSION, ConvexBackend
+from backend.convex_watch import ChangeFeed
 from messages import HeartbeatStatus, SyncStatus
 from tests.conftest import SECRET, wait_for
 from tests.fake_convex import FakeConvex
@@ -106,7 +106,7 @@ def test_wrong_service_key_keeps_the_runtime_up_and_never_logs_the_key(
     tmp_path: Path, convex_deployment: FakeConvex, runtime_on: Any
 ) -> None:
     env = {
-        **convex_env(tmp_path, convex_deployment, AGENT_SYNC_MODE="subscribe"),
+        **convex_env(tmp_path, convex_deployment),  # the default mode: subscribe
         "AGENT_SECRET": "wrong-key-123",
     }
     runtime = runtime_on(env)
@@ -116,7 +116,8 @@ def test_wrong_service_key_keeps_the_runtime_up_and_never_logs_the_key(
     assert "refused the service key" in health["workers"]["lastError"]
     assert health["status"] == "degraded"
     assert not health["workers"]["registered"]
-    wait_for(lambda: "agent subscription failed" in runtime.text(), what="watcher failure")
+    wait_for(lambda: "change subscription failed" in runtime.text(), what="feed failure")
+    assert runtime.health()["agentSync"]["feed"] in ("polling", "down")
     assert runtime.proc.poll() is None
     assert "wrong-key-123" not in runtime.text()
     assert "wrong-key-123" not in httpx.get(f"http://127.0.0.1:{runtime.port}/health").text
@@ -250,7 +251,7 @@ def test_watcher_stops_cleanly_during_its_backoff(
     watcher = ChangeFeed(
         convex_deployment.url,
         SecretStr("wrong-key-789"),
-        [VERSION_QUERY],
+        [AGENTS_VERSION],
         lambda _query: changes.append(1),
         name="agent",
     )

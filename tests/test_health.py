@@ -102,6 +102,8 @@ def test_healthy_core_worker_is_summarised() -> None:
         "addedCount": 3,
         "removedCount": 0,
         "updatedCount": 0,
+        "feed": "polling",
+        "feedError": None,
     }
     assert doc["agents"] == {"running": 2, "online": 1, "restarting": 1}
     assert doc["workers"] == {
@@ -267,5 +269,7 @@ def test_a_core_worker_reports_an_idle_sync_before_the_first_one() -> None:
         "addedCount": 0,
         "removedCount": 0,
         "updatedCount": 0,
+        "feed": "down",
+        "feedError": None,
     }
     assert doc["status"] == "degraded"

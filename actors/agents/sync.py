@@ -7,9 +7,10 @@ is stopped without an offline mark; an agent removed from the backend is marked 
 
 One sync at start, then every AGENT_SYNC_INTERVAL and whenever agents change: the
 backend's change signal is polled every CHANGE_POLL_INTERVAL_S, unless the backend pushes
-changes (a Convex subscription, forwarded as RequestSync); requests are coalesced and syncs
-never overlap (they run in this actor's thread). The SyncActor supervises its agents:
-a crashed AgentActor is restarted with backoff, forever.
+changes (a Convex subscription, forwarded as RequestSync); while such a feed is down
+(`FeedStatus`), the signal is polled every AGENT_FALLBACK_POLL_MS instead. Requests are
+coalesced and syncs never overlap (they run in this actor's thread). The SyncActor
+supervises its agents: a crashed AgentActor is restarted with backoff, forever.
 """
 
 import contextlib
@@ -40,6 +41,7 @@ from messages import (
     AgentRejection,
     AgentsStopped,
     ChildFailed,
+    FeedStatus,
     GetRunningAgents,
     RegistrationChanged,
     RequestSync,
@@ -201,7 +203,8 @@ class SyncActor(SupervisedActor):
         status_board: StatusBoard,
         worker_id: str,
         sync_interval_s: float,
-        poll_change_signal: bool = True,
+        feed: bool = False,
+        fallback_poll_s: float = CHANGE_POLL_INTERVAL_S,
         backoff: Backoff = DEFAULT_BACKOFF,
         jobs: AgentJobs | None = None,
     ) -> None:
@@ -214,7 +217,12 @@ class SyncActor(SupervisedActor):
         self._board = status_board
         self._worker_id = worker_id
         self._sync_interval_s = sync_interval_s
-        self._polls_changes = poll_change_signal
+        self._feed = feed
+        self._feed_state: str = "down"
+        self._feed_error: str | None = None
+        self._fallback_poll_s = fallback_poll_s
+        self._poll_s: float | None = None
+        self._signal_failed = False
         self._backoff = backoff
         self.timers = Timers(scheduler, self.actor_ref)
         self._agents: dict[str, _Agent] = {}
@@ -234,10 +242,33 @@ class SyncActor(SupervisedActor):
 
     def started(self) -> None:
         self.timers.start_periodic(SYNC_TIMER, self._sync_interval_s)
-        if self._polls_changes:  # else the backend pushes changes (RequestSync)
-            self.timers.start_periodic(CHANGE_POLL_TIMER, CHANGE_POLL_INTERVAL_S)
+        # A feed starts down: poll at the fallback interval until it is subscribed.
+        self._poll_every(self._fallback_poll_s if self._feed else CHANGE_POLL_INTERVAL_S)
         self._publish()
         self._request("start")
+
+    def _poll_every(self, interval_s: float | None) -> None:
+        """Poll the change signal every `interval_s`, or not at all (None)."""
+        if interval_s == self._poll_s:
+            return
+        self._poll_s = interval_s
+        if interval_s is None:
+            self.timers.cancel(CHANGE_POLL_TIMER)
+        else:
+            self.timers.start_periodic(CHANGE_POLL_TIMER, interval_s)
+
+    def _feed_changed(self, status: FeedStatus) -> None:
+        if status.state != self._feed_state:
+            logger.info(
+                "change feed %s%s",
+                status.state,
+                f"; polling every {self._fallback_poll_s:.1f} s meanwhile"
+                if status.state == "down"
+                else "; polling stopped",
+            )
+        self._feed_state, self._feed_error = status.state, status.last_error
+        self._poll_every(None if status.state == "subscribed" else self._fallback_poll_s)
+        self._publish()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, TimerFired):
@@ -248,6 +279,8 @@ class SyncActor(SupervisedActor):
         elif isinstance(message, RunSync):
             self._sync_queued = False
             self._sync()
+        elif isinstance(message, FeedStatus):
+            self._feed_changed(message)
         elif isinstance(message, RegistrationChanged):
             self._registered = message.registered
             self._request("registered" if message.registered else "unregistered")
@@ -268,7 +301,7 @@ class SyncActor(SupervisedActor):
         elif key == CHANGE_POLL_TIMER:
             # Ticks queue up while a slow backend call blocks this actor; only a fresh
             # one is worth a backend read.
-            if monotonic_s() - tick.due_s <= CHANGE_POLL_INTERVAL_S:
+            if self._poll_s is not None and monotonic_s() - tick.due_s <= self._poll_s:
                 self._poll_change_signal()
         elif key.startswith(RESTART_TIMER_PREFIX):
             self._restart(key.removeprefix(RESTART_TIMER_PREFIX))
@@ -288,10 +321,18 @@ class SyncActor(SupervisedActor):
     def _read_change_signal(self) -> str | None:
         # The signal only makes syncs prompt; the timed sync works without it.
         try:
-            return self._backend.agents_version()
+            version = self._backend.agents_version()
         except BackendError as error:
             logger.debug("change signal unavailable: %s", error)
+            self._set_signal_failed(True)
             return None
+        self._set_signal_failed(False)
+        return version
+
+    def _set_signal_failed(self, failed: bool) -> None:
+        if failed != self._signal_failed:
+            self._signal_failed = failed
+            self._publish()
 
     # --- the sync itself ----------------------------------------------------------
 
@@ -304,7 +345,7 @@ class SyncActor(SupervisedActor):
             return
         # Read before listing, so a change made during the list is seen; only polling
         # needs it (a backend that pushes changes sends RequestSync instead).
-        version = self._read_change_signal() if self._polls_changes else None
+        version = self._read_change_signal() if self._poll_s is not None else None
         try:
             rows = self._backend.list_agents()
             live = tuple(sorted({*self._backend.list_workers(), self._worker_id}))
@@ -492,8 +533,17 @@ class SyncActor(SupervisedActor):
                 live_workers=self._live,
                 restarting=sum(1 for agent in self._agents.values() if agent.ref is None),
                 agents=tuple(agent.view for agent in self._agents.values()),
+                feed=self._feed_view(),
+                feed_error=self._feed_error,
             ),
         )
+
+    def _feed_view(self) -> str:
+        """`subscribed` (changes pushed), `polling` (the signal is read, and answered) or
+        `down` (no feed, and the last read failed)."""
+        if self._feed and self._feed_state == "subscribed":
+            return "subscribed"
+        return "down" if self._signal_failed else "polling"
 
     def cleanup(self, crashed: bool) -> None:
         self.timers.cancel_all()

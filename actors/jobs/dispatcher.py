@@ -33,7 +33,7 @@ from agent_runtime.clock import monotonic_s, now_ms
 from agent_runtime.errors import BackendError, Fenced
 from agent_runtime.status import StatusBoard
 from backend.port import Backend
-from messages import TimerFired
+from messages import FeedStatus, SignalChanged, TimerFired
 from messages.jobs import (
     AgentGone,
     AgentReady,
@@ -84,7 +84,9 @@ class JobDispatcher(SupervisedActor):
         worker_id: str,
         options: JobOptions,
         concurrency: int,
-        poll_signal: bool = True,
+        claim_interval_s: float = CLAIM_INTERVAL_S,
+        feed: bool = False,
+        fallback_poll_s: float = JOBS_SIGNAL_POLL_S,
     ) -> None:
         super().__init__(supervisor=supervisor, child_id="jobs")
         self._backend = backend
@@ -92,7 +94,10 @@ class JobDispatcher(SupervisedActor):
         self._worker_id = worker_id
         self._options = options
         self._concurrency = concurrency
-        self._polls_signal = poll_signal
+        self._claim_interval_s = claim_interval_s
+        self._feed = feed
+        self._fallback_poll_s = fallback_poll_s
+        self._poll_s: float | None = None
         self.timers = Timers(scheduler, self.actor_ref)
         self._agents: dict[str, pykka.ActorRef[Any]] = {}
         self._in_flight: dict[str, _InFlight] = {}  # by job id
@@ -109,10 +114,20 @@ class JobDispatcher(SupervisedActor):
         if self._concurrency == 0:
             logger.warning("JOB_CONCURRENCY=0: claiming no jobs")
             return
-        self.timers.start_periodic(CLAIM_TIMER, CLAIM_INTERVAL_S)
-        if self._polls_signal:
-            self.timers.start_periodic(SIGNAL_TIMER, JOBS_SIGNAL_POLL_S)
+        self.timers.start_periodic(CLAIM_TIMER, self._claim_interval_s)
+        # A feed starts down: poll at the fallback interval until it is subscribed.
+        self._poll_every(self._fallback_poll_s if self._feed else JOBS_SIGNAL_POLL_S)
         self.timers.start_periodic(RENEW_TIMER, self._options.lock_ms / 4000)
+
+    def _poll_every(self, interval_s: float | None) -> None:
+        """Poll the jobs signal every `interval_s`, or not at all (None)."""
+        if interval_s == self._poll_s or self._concurrency == 0:
+            return
+        self._poll_s = interval_s
+        if interval_s is None:
+            self.timers.cancel(SIGNAL_TIMER)
+        else:
+            self.timers.start_periodic(SIGNAL_TIMER, interval_s)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, TimerFired):
@@ -130,13 +145,17 @@ class JobDispatcher(SupervisedActor):
             self._gone(message)
         elif isinstance(message, WakeUp):
             self._wake(message)
+        elif isinstance(message, SignalChanged):
+            self._request_claim()
+        elif isinstance(message, FeedStatus):
+            self._poll_every(None if message.state == "subscribed" else self._fallback_poll_s)
         else:
             super().on_receive(message)
 
     def _on_timer(self, tick: TimerFired) -> None:
         if tick.key == SIGNAL_TIMER:
             # Ticks queue up behind a slow claim; only a fresh one is worth a read.
-            if monotonic_s() - tick.due_s <= JOBS_SIGNAL_POLL_S:
+            if self._poll_s is not None and monotonic_s() - tick.due_s <= self._poll_s:
                 self._poll_signal()
         elif tick.key == RENEW_TIMER:
             self._renew()

@@ -37,6 +37,7 @@ DEFAULT_WHATSAPP_SEND_TIMEOUT_MS = 10_000
 DEFAULT_WHATSAPP_MAX_ATTEMPTS = 5
 DEFAULT_WHATSAPP_PAUSE_RETRY_MS = 300_000
 DEFAULT_WHATSAPP_MAX_MPS = 80
+DEFAULT_AGENT_FALLBACK_POLL_MS = 5_000
 DEFAULT_JOB_CONCURRENCY = 8
 MAX_JOB_CONCURRENCY = 256
 DEFAULT_JOB_LOCK_MS = 60_000
@@ -161,12 +162,24 @@ class Settings(BaseSettings):
         ),
     ] = DEFAULT_CONVEX_READ_TIMEOUT_MS
     agent_sync_mode: Annotated[
-        Literal["poll", "subscribe"],
+        Literal["poll", "subscribe"] | None,
         Field(
             alias="AGENT_SYNC_MODE",
-            description="poll or subscribe (subscribe needs CONVEX_URL)",
+            description=(
+                "poll or subscribe (subscribe needs CONVEX_URL; the default on Convex is"
+                " subscribe, on the embedded backend poll)"
+            ),
         ),
-    ] = "poll"
+    ] = None
+    agent_fallback_poll_ms: Annotated[
+        int,
+        Field(
+            alias="AGENT_FALLBACK_POLL_MS",
+            ge=250,
+            le=600_000,
+            description="whole milliseconds from 250 to 600000",
+        ),
+    ] = DEFAULT_AGENT_FALLBACK_POLL_MS
     enable_whatsapp: Annotated[
         bool, Field(alias="ENABLE_WHATSAPP", description="true or false (role all only)")
     ] = True
@@ -362,6 +375,7 @@ class Settings(BaseSettings):
         "job_history_turns",
         "job_max_steps",
         "model_timeout_ms",
+        "agent_fallback_poll_ms",
         mode="before",
     )
     @classmethod
@@ -406,6 +420,7 @@ class Settings(BaseSettings):
         "whatsapp_agent_id",
         "model_provider",
         "openai_api_key",
+        "agent_sync_mode",
         mode="before",
     )
     @classmethod
@@ -526,12 +541,10 @@ class Settings(BaseSettings):
 
     @property
     def subscribes(self) -> bool:
-        """Whether agent changes are pushed (Convex subscription) rather than polled.
-
-        Off unless asked for: the official client's `subscribe()` holds the GIL until its
-        WebSocket handshake completes, so a peer that accepts TCP and never answers the
-        handshake froze the whole process (measured; see docs/convex.md)."""
-        return self.agent_sync_mode == "subscribe"
+        """Whether changes are pushed (a Convex subscription, in a child process) rather
+        than polled: on Convex unless AGENT_SYNC_MODE=poll. Polling the change signals
+        costs a function call per poll; an idle subscription costs none."""
+        return self.convex_url is not None and self.agent_sync_mode != "poll"
 
 
 SECRET_VARIABLES = frozenset(

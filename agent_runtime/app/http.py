@@ -48,6 +48,8 @@ IDLE_SYNC = {
     "addedCount": 0,
     "removedCount": 0,
     "updatedCount": 0,
+    "feed": "down",
+    "feedError": None,
 }
 """agentSync on a role that runs agents, before the SyncActor first publishes."""
 

@@ -91,6 +91,7 @@ def run(settings: Settings) -> int:
             worker_ttl_ms=settings.worker_ttl_ms,
             whatsapp=whatsapp,
             jobs=jobs,
+            fallback_poll_s=settings.agent_fallback_poll_ms / 1000,
             stop_timeout_s=ACTORS_STOP_TIMEOUT_S,
         ),
         backend=backend,
