@@ -95,6 +95,12 @@ class ConvexBackend(Backend):
     def list_agents(self) -> list[dict[str, Any]]:
         return _rows(self._call("query", "service/agents:list", {}, idempotent=True))
 
+    def agents_and_workers(self) -> tuple[list[dict[str, Any]], list[str]]:
+        answer = self._call("query", "service/agents:snapshot", {}, idempotent=True)
+        if not isinstance(answer, dict):
+            raise FunctionError(f"expected {{agents, workers}}, got {str(answer)[:80]}")
+        return _rows(answer.get("agents")), _ids(answer.get("workers"))
+
     def agents_version(self) -> str:
         return self._change_signal(AGENTS_VERSION)
 

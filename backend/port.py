@@ -53,6 +53,11 @@ class Backend(abc.ABC):
         hide the others.
         """
 
+    def agents_and_workers(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """`list_agents()` and `list_workers()`, read together: what an agent sync needs,
+        in one call where the backend allows."""
+        return self.list_agents(), self.list_workers()
+
     @abc.abstractmethod
     def agents_version(self) -> str:
         """A cheap change signal: a value that changes whenever an agent is created,

@@ -40,6 +40,13 @@ class LocalService:
         self._functions: dict[str, tuple[str, Callable[[dict[str, Any]], Any], set[str]]] = {
             "service/agents:list": ("query", lambda a: backend.list_agents(), set()),
             "service/agents:version": ("query", lambda a: backend.agents_version(), set()),
+            "service/agents:snapshot": (
+                "query",
+                lambda a: dict(
+                    zip(("agents", "workers"), backend.agents_and_workers(), strict=True)
+                ),
+                set(),
+            ),
             "service/agents:create": (
                 "mutation",
                 self._create,

@@ -63,6 +63,11 @@ class Fleet:
         self.backend.record_heartbeats.side_effect = self._record
         self.backend.list_workers.side_effect = lambda: list(self.workers)
         self.backend.mark_offline.side_effect = self.offline.extend
+        # The port's default: the two reads (the tests count and fail list_agents).
+        self.backend.agents_and_workers.side_effect = lambda: (
+            self.backend.list_agents(),
+            self.backend.list_workers(),
+        )
         self.scheduler = scheduler
         self.board = board
         self.writer: pykka.ActorRef[Any] | None = None

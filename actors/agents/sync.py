@@ -266,8 +266,11 @@ class SyncActor(SupervisedActor):
                 if status.state == "down"
                 else "; polling stopped",
             )
+        went_down = status.state == "down" and self._feed_state == "subscribed"
         self._feed_state, self._feed_error = status.state, status.last_error
         self._poll_every(None if status.state == "subscribed" else self._fallback_poll_s)
+        if went_down:  # a change may have been missed: catch up now, then poll
+            self._request("feed down")
         self._publish()
 
     def on_receive(self, message: Any) -> Any:
@@ -347,11 +350,11 @@ class SyncActor(SupervisedActor):
         # needs it (a backend that pushes changes sends RequestSync instead).
         version = self._read_change_signal() if self._poll_s is not None else None
         try:
-            rows = self._backend.list_agents()
-            live = tuple(sorted({*self._backend.list_workers(), self._worker_id}))
+            rows, workers = self._backend.agents_and_workers()
         except BackendError as error:
             self._sync_failed(version, error)
             return
+        live = tuple(sorted({*workers, self._worker_id}))
         listed = self._records.parse(rows)
         self._log_rejections(listed.rejected)
         listed_ids = {r.id for r in listed.agents} | {

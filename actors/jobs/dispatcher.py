@@ -149,6 +149,8 @@ class JobDispatcher(SupervisedActor):
             self._request_claim()
         elif isinstance(message, FeedStatus):
             self._poll_every(None if message.state == "subscribed" else self._fallback_poll_s)
+            if message.state == "down":  # a change may have been missed
+                self._request_claim()
         else:
             super().on_receive(message)
 

@@ -20,6 +20,7 @@ import {
 import { readCounter } from "../lib/counters";
 import * as jobs from "../lib/jobs";
 import * as model from "../lib/model";
+import * as workers from "../lib/workers";
 
 /** The settings of an agent's jobs, as both `create` and `update` take them. */
 const SETTINGS = ["instructions", "model", "wakeupPrompt", "wakeupIntervalMs"];
@@ -34,6 +35,24 @@ export const list = query({
   handler: async (ctx, args): Promise<model.AgentConfig[]> => {
     serviceArgs(args, []);
     return await model.listAgents(ctx);
+  },
+});
+
+/**
+ * What an agent sync reads, in one call: `{agents, workers}`, `agents` as `list` returns
+ * them and `workers` as `service/workers:list` does (the live worker ids, sorted).
+ */
+export const snapshot = query({
+  args: v.any(),
+  handler: async (
+    ctx,
+    args,
+  ): Promise<{ agents: model.AgentConfig[]; workers: string[] }> => {
+    serviceArgs(args, []);
+    return {
+      agents: await model.listAgents(ctx),
+      workers: await workers.liveWorkers(ctx, Date.now()),
+    };
   },
 });
 
