@@ -8,7 +8,7 @@ import { makeFunctionReference } from "convex/server";
 import { afterEach, beforeEach, expect, test, vi } from "vitest";
 import type { Doc } from "./functions/_generated/dataModel";
 import { SWEEP_BATCH } from "./functions/lib/model";
-import { call, newBackend, type Backend } from "./testing";
+import { advance, call, newBackend, scheduledRuns, type Backend } from "./testing";
 
 const serviceKey = "contract-secret";
 const T0 = 1_700_000_000_000;
@@ -49,32 +49,15 @@ function storedPresence(): Promise<Doc<"presence">[]> {
   return t.run((ctx) => ctx.db.query("presence").collect());
 }
 
-/** What these tests read of a scheduled run. */
-type Job = { _id: string; name: string; scheduledTime: number; state: { kind: string } };
-
-/** The scheduled runs of `name` (e.g. "service/presence:sweep"), in this state if given. */
-async function jobs(name: string, state?: string): Promise<Job[]> {
-  const all: Job[] = await t.run((ctx) => ctx.db.system.query("_scheduled_functions").collect());
-  return all.filter(
-    (job) => job.name.startsWith(name) && (state === undefined || job.state.kind === state),
-  );
-}
-
 function version(): Promise<unknown> {
   return call(t, "query", "service/agents:version", { serviceKey });
-}
-
-/** Move the clock by `ms`, firing due timers, and let the scheduled runs they start finish. */
-async function advance(ms: number): Promise<void> {
-  vi.advanceTimersByTime(ms);
-  await t.finishInProgressScheduledFunctions();
 }
 
 test("an agent goes offline 3 intervals after its last beat: in reads, then in storage", async () => {
   const a = await createAgent(1000);
   expect(await beat(a, T0)).toEqual({ refused: [] });
   expect(await listPresence()).toEqual([{ agentId: a, status: "online", lastHeartbeatAt: T0 }]);
-  const [pending] = await jobs("service/presence:sweep", "pending");
+  const [pending] = await scheduledRuns(t, "service/presence:sweep", "pending");
   expect(pending.scheduledTime).toBe(T0 + 3000);
 
   // The clock passes staleAt before the sweep runs: reads already say offline.
@@ -90,60 +73,60 @@ test("an agent goes offline 3 intervals after its last beat: in reads, then in s
   await t.finishAllScheduledFunctions(vi.runAllTimers);
   const [row] = await storedPresence();
   expect(row).toMatchObject({ status: "offline", lastHeartbeatAt: T0 });
-  expect(await jobs("service/presence:sweep", "pending")).toEqual([]);
-  expect(await jobs("service/presence:sweep", "success")).toHaveLength(1);
+  expect(await scheduledRuns(t, "service/presence:sweep", "pending")).toEqual([]);
+  expect(await scheduledRuns(t, "service/presence:sweep", "success")).toHaveLength(1);
   expect(await t.run((ctx) => ctx.db.query("sweeps").collect())).toEqual([]);
 });
 
 test("a beat keeps the agent online; the sweep reschedules itself at the next staleAt", async () => {
   const a = await createAgent(1000);
   await beat(a, T0);
-  await advance(2000);
+  await advance(t, 2000);
   await beat(a, T0 + 2000);
   // The pending sweep (T0 + 3000) is early enough: it is kept, runs, and finds nothing stale.
-  await advance(1000);
+  await advance(t, 1000);
   expect((await storedPresence())[0].status).toBe("online");
-  const [next] = await jobs("service/presence:sweep", "pending");
+  const [next] = await scheduledRuns(t, "service/presence:sweep", "pending");
   expect(next.scheduledTime).toBe(T0 + 5000);
-  await advance(2000);
+  await advance(t, 2000);
   expect((await storedPresence())[0].status).toBe("offline");
-  expect(await jobs("service/presence:sweep", "pending")).toEqual([]);
+  expect(await scheduledRuns(t, "service/presence:sweep", "pending")).toEqual([]);
 });
 
 test("no sweep is scheduled while no agent is online", async () => {
   const a = await createAgent(1000);
-  expect(await jobs("service/presence:sweep", "pending")).toEqual([]);
+  expect(await scheduledRuns(t, "service/presence:sweep", "pending")).toEqual([]);
   await call(t, "mutation", "service/presence:markOffline", { serviceKey, agentIds: [a] });
   await beat("no-such-agent", T0);
-  expect(await jobs("service/presence:sweep")).toEqual([]);
+  expect(await scheduledRuns(t, "service/presence:sweep")).toEqual([]);
   // A beat that is already stale is swept no sooner than a second from now.
   await beat(a, 10);
-  const [pending] = await jobs("service/presence:sweep", "pending");
+  const [pending] = await scheduledRuns(t, "service/presence:sweep", "pending");
   expect(pending.scheduledTime).toBe(T0 + 1000);
   await t.finishAllScheduledFunctions(vi.runAllTimers);
   expect((await storedPresence())[0].status).toBe("offline");
-  expect(await jobs("service/presence:sweep", "pending")).toEqual([]);
+  expect(await scheduledRuns(t, "service/presence:sweep", "pending")).toEqual([]);
 });
 
 test("one sweep is pending, replaced only by an earlier one", async () => {
   const slow = await createAgent(10_000);
   const fast = await createAgent(1000);
   await beat(slow, T0);
-  const [first] = await jobs("service/presence:sweep", "pending");
+  const [first] = await scheduledRuns(t, "service/presence:sweep", "pending");
   expect(first.scheduledTime).toBe(T0 + 30_000);
   await beat(fast, T0);
-  expect(await jobs("service/presence:sweep", "canceled")).toHaveLength(1);
-  const [second] = await jobs("service/presence:sweep", "pending");
+  expect(await scheduledRuns(t, "service/presence:sweep", "canceled")).toHaveLength(1);
+  const [second] = await scheduledRuns(t, "service/presence:sweep", "pending");
   expect(second.scheduledTime).toBe(T0 + 3000);
   await beat(slow, T0);
-  expect((await jobs("service/presence:sweep", "pending")).map((j) => j._id)).toEqual([
+  expect((await scheduledRuns(t, "service/presence:sweep", "pending")).map((j) => j._id)).toEqual([
     second._id,
   ]);
   // The fast agent expires first; the slow one stays online until its own staleAt.
-  await advance(3000);
+  await advance(t, 3000);
   const statuses = (await storedPresence()).map((row) => row.status);
   expect(statuses).toEqual(["online", "offline"]);
-  const [third] = await jobs("service/presence:sweep", "pending");
+  const [third] = await scheduledRuns(t, "service/presence:sweep", "pending");
   expect(third.scheduledTime).toBe(T0 + 30_000);
 });
 
@@ -167,8 +150,8 @@ test("more stale documents than a batch are swept in several runs", async () => 
   await t.finishAllScheduledFunctions(vi.runAllTimers);
   expect((await storedPresence()).filter((row) => row.status === "online")).toEqual([]);
   // The first run by hand, then one more full batch, then the rest.
-  expect(await jobs("service/presence:sweep", "success")).toHaveLength(2);
-  expect(await jobs("service/presence:sweep", "pending")).toEqual([]);
+  expect(await scheduledRuns(t, "service/presence:sweep", "success")).toHaveLength(2);
+  expect(await scheduledRuns(t, "service/presence:sweep", "pending")).toEqual([]);
 });
 
 test("a beat more than 60 s ahead is refused and does not move lastHeartbeatAt", async () => {
@@ -223,27 +206,27 @@ function storedWorkers(): Promise<Doc<"workers">[]> {
 test("a registration expires after ttlMs through its scheduled expire", async () => {
   expect(await heartbeat("w1", "i1", 1000)).toEqual({ workers: ["w1"], expiresAt: T0 + 1000 });
   const v1 = await version();
-  await advance(999);
+  await advance(t, 999);
   expect(await listWorkers()).toEqual(["w1"]);
-  await advance(1);
+  await advance(t, 1);
   expect(await listWorkers()).toEqual([]);
   expect(await storedWorkers()).toEqual([]);
   expect(await version()).not.toBe(v1);
-  expect(await jobs("service/workers:expire", "success")).toHaveLength(1);
+  expect(await scheduledRuns(t, "service/workers:expire", "success")).toHaveLength(1);
 });
 
 test("a renewal postpones the expiry and keeps the version", async () => {
   await heartbeat("w1", "i1", 1000);
   const v1 = await version();
-  await advance(500);
+  await advance(t, 500);
   expect(await heartbeat("w1", "i1", 1000)).toEqual({ workers: ["w1"], expiresAt: T0 + 1500 });
   expect(await version()).toBe(v1);
-  expect(await jobs("service/workers:expire", "canceled")).toHaveLength(1);
-  await advance(600);
+  expect(await scheduledRuns(t, "service/workers:expire", "canceled")).toHaveLength(1);
+  await advance(t, 600);
   expect(await listWorkers()).toEqual(["w1"]);
   expect(await storedWorkers()).toHaveLength(1);
   expect(await version()).toBe(v1);
-  await advance(400);
+  await advance(t, 400);
   expect(await listWorkers()).toEqual([]);
   expect(await version()).not.toBe(v1);
 });
@@ -256,12 +239,12 @@ test("remove with another instanceId removes nothing; the right one cancels the 
   expect(await remove("i2")).toEqual({ removed: false });
   expect(await listWorkers()).toEqual(["w1"]);
   expect(await version()).toBe(v1);
-  expect(await jobs("service/workers:expire", "pending")).toHaveLength(1);
+  expect(await scheduledRuns(t, "service/workers:expire", "pending")).toHaveLength(1);
   expect(await remove("i1")).toEqual({ removed: true });
   expect(await listWorkers()).toEqual([]);
   expect(await version()).not.toBe(v1);
-  expect(await jobs("service/workers:expire", "pending")).toEqual([]);
-  expect(await jobs("service/workers:expire", "canceled")).toHaveLength(1);
+  expect(await scheduledRuns(t, "service/workers:expire", "pending")).toEqual([]);
+  expect(await scheduledRuns(t, "service/workers:expire", "canceled")).toHaveLength(1);
 });
 
 test("an expired registration is taken over by another instance, moving the version", async () => {
@@ -276,7 +259,7 @@ test("an expired registration is taken over by another instance, moving the vers
   const [row] = await storedWorkers();
   expect(row).toMatchObject({ workerId: "w1", instanceId: "i2", expiresAt: T0 + 3000 });
   // The old expiry was canceled: the new registration outlives T0 + 1000.
-  await advance(1000);
+  await advance(t, 1000);
   expect(await listWorkers()).toEqual(["w1"]);
   await t.finishAllScheduledFunctions(vi.runAllTimers);
   expect(await listWorkers()).toEqual([]);

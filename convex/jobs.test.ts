@@ -1,18 +1,20 @@
 /**
  * Jobs, with fake timers: claim locks that expire (each counts as an attempt, dead at
  * `maxAttempts`), a job backing off (`notBefore`) that holds back its agent's later jobs;
- * the jobs counter and expired locks, wake-up jobs that ended, a release after the lock
- * expired; and what the vectors leave to the Convex functions: argument edge cases, the
- * choices the contract leaves open (empty or long replies, webhook messages that make no
- * job, idempotency keys across agents), cut errors, what is stored. The vectors cannot
- * move the clock.
+ * the jobs counter and expired locks, and the counter moving by time (a retry falling
+ * due, a lock expiring unrenewed: their scheduled runs); wake-up jobs that ended, a
+ * release after the lock expired; and what the vectors leave to the Convex functions:
+ * argument edge cases, the choices the contract leaves open (empty or long replies,
+ * webhook messages that make no job, idempotency keys across agents), cut errors, what is
+ * stored. The vectors cannot move the clock.
  */
+import { makeFunctionReference } from "convex/server";
 import { ConvexError } from "convex/values";
 import { afterEach, beforeEach, expect, test, vi } from "vitest";
 import { MAX_TEXT_LENGTH } from "./functions/lib/args";
 import { AGENT_REMOVED } from "./functions/lib/jobs";
 import { LOCK_EXPIRED, MAX_ERROR_LENGTH } from "./functions/lib/whatsapp";
-import { call, newBackend, type Backend } from "./testing";
+import { advance, call, newBackend, scheduledRuns, type Backend } from "./testing";
 
 const serviceKey = "contract-secret";
 const T0 = 1_700_000_000_000;
@@ -388,14 +390,114 @@ test("a claim moves the jobs version when it puts an expired lock back, not when
   expect(await claim([a], { lockMs: 1000, maxAttempts: 2 })).toEqual([]);
   expect(await get(j1)).toMatchObject({ status: "dead", attempts: 2 });
   expect(await jobsVersion()).toBe(v2);
-  // A job whose notBefore comes changes nothing either: claims find it.
-  const j2 = await enqueue(a, "two");
+});
+
+test("the jobs version moves when a retry's notBefore comes, and not before", async () => {
+  const a = await createAgent();
+  const j1 = await enqueue(a, "one");
   const [{ claimToken }] = await claim([a]);
-  await mutation("fail", { id: j2, claimToken, error: "e", retryAt: T0 + 5000, maxAttempts: 3 });
+  const v1 = await jobsVersion();
+  await mutation("fail", { id: j1, claimToken, error: "e", retryAt: T0 + 5000, maxAttempts: 3 });
+  const v2 = await jobsVersion();
+  expect(v2).not.toBe(v1);
+  const [due] = await scheduledRuns(t, `${J}signalDue`, "pending");
+  expect(due.scheduledTime).toBe(T0 + 5000);
+  await advance(t, 4999);
+  expect(await jobsVersion()).toBe(v2);
+  await advance(t, 1);
   const v3 = await jobsVersion();
-  vi.setSystemTime(T0 + 5000);
-  expect(await claim([a])).toMatchObject([{ id: j2, attempts: 1 }]);
+  expect(v3).not.toBe(v2);
+  // Only signalled: the job is as the fail left it, and claiming it moves nothing.
+  expect(await get(j1)).toMatchObject({ status: "queued", attempts: 1, notBefore: T0 + 5000 });
+  expect(await claim([a])).toMatchObject([{ id: j1, attempts: 1 }]);
   expect(await jobsVersion()).toBe(v3);
+});
+
+test("a retry that is due already, or a fail that does not queue, schedules no signal", async () => {
+  const a = await createAgent();
+  const j1 = await enqueue(a, "one");
+  let [{ claimToken }] = await claim([a]);
+  await mutation("fail", { id: j1, claimToken, error: "e", retryAt: T0, maxAttempts: 3 });
+  [{ claimToken }] = await claim([a]);
+  await mutation("fail", { id: j1, claimToken, error: "e", retryAt: T0 + 5000, maxAttempts: 2 });
+  expect(await get(j1)).toMatchObject({ status: "dead" });
+  expect(await scheduledRuns(t, `${J}signalDue`)).toEqual([]);
+});
+
+test("the jobs version moves when a claim's lock expires unrenewed; the job stays running", async () => {
+  const a = await createAgent();
+  const j1 = await enqueue(a, "one");
+  await claim([a], { lockMs: 1000 });
+  const v1 = await jobsVersion();
+  await advance(t, 999);
+  expect(await jobsVersion()).toBe(v1);
+  await advance(t, 1);
+  const v2 = await jobsVersion();
+  expect(v2).not.toBe(v1);
+  expect(await get(j1)).toMatchObject({ status: "running", attempts: 0, lockedUntil: T0 + 1000 });
+  // The claim the signal asks for puts it back (one more move) and takes it again.
+  expect(await claim([a], { lockMs: 1000 })).toMatchObject([{ id: j1, attempts: 1 }]);
+  expect(await jobsVersion()).not.toBe(v2);
+});
+
+test("after a renewal the jobs version does not move at the old lockedUntil, only at the new", async () => {
+  const a = await createAgent();
+  const j1 = await enqueue(a, "one");
+  const [{ claimToken }] = await claim([a], { lockMs: 1000 });
+  await advance(t, 500);
+  expect(await mutation("renew", { id: j1, claimToken, lockMs: 1000 })).toEqual({
+    lockedUntil: T0 + 1500,
+  });
+  const v1 = await jobsVersion();
+  await advance(t, 500);
+  // The claim's run came at T0 + 1000 and found the lock moved on.
+  expect(await scheduledRuns(t, `${J}signalLockExpired`, "success")).toHaveLength(1);
+  expect(await jobsVersion()).toBe(v1);
+  await advance(t, 499);
+  expect(await jobsVersion()).toBe(v1);
+  await advance(t, 1);
+  expect(await jobsVersion()).not.toBe(v1);
+  expect(await scheduledRuns(t, `${J}signalLockExpired`, "success")).toHaveLength(2);
+});
+
+test("a job finished or given back before its lock expired moves no version at the lock's end", async () => {
+  const a = await createAgent();
+  const j1 = await enqueue(a, "one");
+  const j2 = await enqueue(a, "two");
+  const j3 = await enqueue(a, "three");
+  let [{ claimToken }] = await claim([a], { lockMs: 1000 });
+  await complete(j1, claimToken, "done");
+  [{ claimToken }] = await claim([a], { lockMs: 1000 });
+  await mutation("fail", { id: j2, claimToken, error: "refused", maxAttempts: 3 });
+  [{ claimToken }] = await claim([a], { lockMs: 1000 });
+  await mutation("release", { id: j3, claimToken });
+  const v1 = await jobsVersion();
+  expect(await scheduledRuns(t, `${J}signalLockExpired`, "pending")).toHaveLength(3);
+  await t.finishAllScheduledFunctions(vi.runAllTimers);
+  expect(await scheduledRuns(t, `${J}signalLockExpired`, "success")).toHaveLength(3);
+  expect(await jobsVersion()).toBe(v1);
+});
+
+test("the scheduled signals are only guards: a stale or early one moves nothing", async () => {
+  const a = await createAgent();
+  const j1 = await enqueue(a, "one");
+  const [{ claimToken }] = await claim([a], { lockMs: 1000 });
+  const v1 = await jobsVersion();
+  const signalLockExpired = makeFunctionReference<"mutation">(`${J}signalLockExpired`);
+  const signalDue = makeFunctionReference<"mutation">(`${J}signalDue`);
+  vi.setSystemTime(T0 + 1000);
+  await t.mutation(signalLockExpired, { id: j1, claimToken: "other", lockedUntil: T0 + 1000 });
+  await t.mutation(signalLockExpired, { id: j1, claimToken, lockedUntil: T0 + 900 });
+  await t.mutation(signalDue, { id: j1, notBefore: T0 });
+  expect(await jobsVersion()).toBe(v1);
+  vi.setSystemTime(T0 + 999);
+  await t.mutation(signalLockExpired, { id: j1, claimToken, lockedUntil: T0 + 1000 });
+  expect(await jobsVersion()).toBe(v1);
+  await mutation("fail", { id: j1, claimToken, error: "e", retryAt: T0 + 5000, maxAttempts: 3 });
+  const v2 = await jobsVersion();
+  await t.mutation(signalDue, { id: j1, notBefore: T0 + 4000 });
+  await t.mutation(signalDue, { id: j1, notBefore: T0 + 5000 }); // not due yet
+  expect(await jobsVersion()).toBe(v2);
 });
 
 test("release puts a claim back at once, also after its lock expired, and clears the worker", async () => {

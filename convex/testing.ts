@@ -1,6 +1,10 @@
-/** Shared by the tests: a fresh convex-test backend and a call by kind and path. */
+/**
+ * Shared by the tests: a fresh convex-test backend, a call by kind and path, and, for
+ * tests with fake timers, the scheduled runs and a clock that moves.
+ */
 import { convexTest } from "convex-test";
 import { makeFunctionReference } from "convex/server";
+import { vi } from "vitest";
 import schema from "./functions/schema";
 
 const modules = import.meta.glob("./functions/**/*.*s");
@@ -28,4 +32,35 @@ export function call(
     case "action":
       return t.action(makeFunctionReference<"action">(path), args);
   }
+}
+
+/** What the tests read of a scheduled run. */
+export type ScheduledRun = {
+  _id: string;
+  name: string;
+  scheduledTime: number;
+  state: { kind: string };
+};
+
+/** The scheduled runs of `name` (e.g. "service/presence:sweep"), in this state if given. */
+export async function scheduledRuns(
+  t: Backend,
+  name: string,
+  state?: string,
+): Promise<ScheduledRun[]> {
+  const all: ScheduledRun[] = await t.run((ctx) =>
+    ctx.db.system.query("_scheduled_functions").collect(),
+  );
+  return all.filter(
+    (run) => run.name.startsWith(name) && (state === undefined || run.state.kind === state),
+  );
+}
+
+/**
+ * With fake timers: move the clock by `ms`, firing due timers, and let the scheduled runs
+ * they start finish.
+ */
+export async function advance(t: Backend, ms: number): Promise<void> {
+  vi.advanceTimersByTime(ms);
+  await t.finishInProgressScheduledFunctions();
 }

@@ -7,7 +7,8 @@ import type { MutationCtx, QueryCtx } from "../_generated/server";
 
 /**
  * `agents`: agent creates, updates and removes, and worker joins, leaves and expiries
- * (its name predates the workers). `jobs`: a job becoming claimable by an event.
+ * (its name predates the workers). `jobs`: a job becoming claimable, by an event or by
+ * time (lib/jobs.ts).
  */
 export type Counter = "agents" | "jobs";
 

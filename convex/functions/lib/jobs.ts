@@ -13,11 +13,15 @@
  * expired lock that no claim has reset yet still counts), so a worker that lost its
  * claim can never finish the job. Removing the agent fails the job and removes its token.
  *
- * The `jobs` counter (`service/jobs:version`) moves whenever a job becomes claimable by
- * an event: it is queued, failed back to the queue, released, or put back by a claim
- * after its lock expired. Not when a job is claimed or finished, nor when a `notBefore`
- * comes.
+ * The `jobs` counter (`service/jobs:version`) moves whenever a job becomes claimable:
+ * by an event (it is queued, failed back to the queue, released, or put back by a claim
+ * after its lock expired) or by time (a queued job's future `notBefore` comes, or a
+ * running job's lock expires). Not when a job is claimed or finished. Time is signalled
+ * by one scheduled function per retry, claim and renewal (`service/jobs:signalDue`,
+ * `service/jobs:signalLockExpired`), never cancelled: a run whose job has moved on since
+ * finds it changed and does nothing, so there is no sweep and nothing to clean up.
  */
+import { internal } from "../_generated/api";
 import type { Doc, Id } from "../_generated/dataModel";
 import type { MutationCtx, QueryCtx } from "../_generated/server";
 import {
@@ -126,6 +130,39 @@ function requireClaim(row: Doc<"jobs">, claimToken: string): void {
   if (row.status !== "running" || row.claimToken !== claimToken) {
     fenced("the claim token is not current: the job was finished, failed or claimed again");
   }
+}
+
+/**
+ * A job queued with `notBefore` later than `now` becomes claimable by time alone: schedule
+ * `service/jobs:signalDue` at `notBefore` (nothing for a job that is due already: the
+ * mutation queuing it moved the counter).
+ */
+async function signalWhenDue(
+  ctx: MutationCtx,
+  id: Id<"jobs">,
+  notBefore: number,
+  now: number,
+): Promise<void> {
+  if (notBefore > now) {
+    await ctx.scheduler.runAt(notBefore, internal.service.jobs.signalDue, { id, notBefore });
+  }
+}
+
+/**
+ * A claim's lock that nobody renews expires by time alone: schedule
+ * `service/jobs:signalLockExpired` at `lockedUntil`, for this claim and this lock.
+ */
+async function signalWhenLockExpires(
+  ctx: MutationCtx,
+  id: Id<"jobs">,
+  claimToken: string,
+  lockedUntil: number,
+): Promise<void> {
+  await ctx.scheduler.runAt(lockedUntil, internal.service.jobs.signalLockExpired, {
+    id,
+    claimToken,
+    lockedUntil,
+  });
 }
 
 /**
@@ -301,9 +338,9 @@ async function nextJob(
  * Claim up to `limit` jobs of the agents `agentIds` for worker `workerId`, oldest first:
  * each agent's next job (see `nextJob`; unknown agent ids, and ids that are no agent's,
  * claim nothing), unless a running job has its conversation. Each claimed job becomes
- * `running` with a new random `claimToken`, `lockedUntil = now + lockMs` and `workerId`.
- * Expired locks of those agents count an attempt first, and make a job `dead` at
- * `maxAttempts`.
+ * `running` with a new random `claimToken`, `lockedUntil = now + lockMs` and `workerId`,
+ * and gets a `signalLockExpired` run at `lockedUntil`. Expired locks of those agents count
+ * an attempt first, and make a job `dead` at `maxAttempts`.
  */
 export async function claim(
   ctx: MutationCtx,
@@ -336,13 +373,15 @@ export async function claim(
       continue;
     }
     const claimToken = crypto.randomUUID();
+    const lockedUntil = now + lockMs;
     await ctx.db.patch(row._id, {
       status: "running",
       claimToken,
-      lockedUntil: now + lockMs,
+      lockedUntil,
       workerId,
       updatedAt: now,
     });
+    await signalWhenLockExpires(ctx, row._id, claimToken, lockedUntil);
     claimed.push({
       id: row._id,
       agentId: row.agentId,
@@ -356,8 +395,10 @@ export async function claim(
 }
 
 /**
- * Extend the lock of running job `id` to `now + lockMs`. Returns `{lockedUntil}`;
- * `FENCED` unless `claimToken` is current, `NOT_FOUND` for an unknown id.
+ * Extend the lock of running job `id` to `now + lockMs`, with a `signalLockExpired` run at
+ * the new `lockedUntil` (the run at the old one then finds the lock moved and does
+ * nothing). Returns `{lockedUntil}`; `FENCED` unless `claimToken` is current,
+ * `NOT_FOUND` for an unknown id.
  */
 export async function renew(
   ctx: MutationCtx,
@@ -369,6 +410,10 @@ export async function renew(
   const now = Date.now();
   const lockedUntil = now + lockMs;
   await ctx.db.patch(row._id, { lockedUntil, updatedAt: now });
+  // A renewal that leaves the lock where it was already has its run.
+  if (lockedUntil !== row.lockedUntil) {
+    await signalWhenLockExpires(ctx, row._id, claimToken, lockedUntil);
+  }
   return { lockedUntil };
 }
 
@@ -443,9 +488,9 @@ export async function complete(
 /**
  * Count a failed attempt of running job `id` and store `error` (cut to 500 characters):
  * with `retryAt` and attempts left (`attempts < maxAttempts`) the job is `queued` again
- * with `notBefore = retryAt` (moving the `jobs` counter); with `retryAt` and no attempts
- * left, `dead`; without `retryAt`, `failed`. Returns the new status; `FENCED` unless
- * `claimToken` is current.
+ * with `notBefore = retryAt` (moving the `jobs` counter now, and with a `signalDue` run at
+ * `retryAt` if that is later); with `retryAt` and no attempts left, `dead`; without
+ * `retryAt`, `failed`. Returns the new status; `FENCED` unless `claimToken` is current.
  */
 export async function fail(
   ctx: MutationCtx,
@@ -460,6 +505,7 @@ export async function fail(
   const { id, claimToken, error, retryAt, maxAttempts } = fields;
   const row = await requireJob(ctx, id);
   requireClaim(row, claimToken);
+  const now = Date.now();
   const attempts = row.attempts + 1;
   const status = retryAt === undefined ? "failed" : attempts < maxAttempts ? "queued" : "dead";
   await ctx.db.patch(row._id, {
@@ -468,9 +514,12 @@ export async function fail(
     error: whatsapp.clip(error),
     notBefore: status === "queued" ? retryAt : row.notBefore,
     lockedUntil: undefined,
-    updatedAt: Date.now(),
+    updatedAt: now,
   });
-  if (status === "queued") await bumpCounter(ctx, "jobs");
+  if (status === "queued" && retryAt !== undefined) {
+    await bumpCounter(ctx, "jobs");
+    await signalWhenDue(ctx, row._id, retryAt, now);
+  }
   return { status };
 }
 
@@ -500,6 +549,46 @@ export async function release(
   });
   await bumpCounter(ctx, "jobs");
   return { released: true };
+}
+
+/**
+ * The scheduled run at a queued job's `notBefore`: move the `jobs` counter if job `id` is
+ * still `queued` with that `notBefore` and it has come (not if the job was claimed,
+ * finished, removed or queued again with another `notBefore` meanwhile). The job itself
+ * is not changed.
+ */
+export async function signalDue(
+  ctx: MutationCtx,
+  fields: { id: Id<"jobs">; notBefore: number },
+): Promise<void> {
+  const { id, notBefore } = fields;
+  const row = await ctx.db.get(id);
+  if (row?.status === "queued" && row.notBefore === notBefore && notBefore <= Date.now()) {
+    await bumpCounter(ctx, "jobs");
+  }
+}
+
+/**
+ * The scheduled run at a claim's `lockedUntil`: move the `jobs` counter if job `id` is
+ * still `running` under `claimToken` with that `lockedUntil` and it has passed (not if
+ * the job was finished, released or claimed again, nor if a renewal moved the lock on:
+ * the renewal scheduled its own run). The job stays `running`: the next `claim` for its
+ * agent counts the attempt and queues it again; the counter only tells workers to claim.
+ */
+export async function signalLockExpired(
+  ctx: MutationCtx,
+  fields: { id: Id<"jobs">; claimToken: string; lockedUntil: number },
+): Promise<void> {
+  const { id, claimToken, lockedUntil } = fields;
+  const row = await ctx.db.get(id);
+  if (
+    row?.status === "running" &&
+    row.claimToken === claimToken &&
+    row.lockedUntil === lockedUntil &&
+    lockedUntil <= Date.now()
+  ) {
+    await bumpCounter(ctx, "jobs");
+  }
 }
 
 /**

@@ -3,10 +3,11 @@
  * `serviceKey` first (`UNAUTHORIZED`), then its arguments (`INVALID_ARGUMENT`). Each
  * agent runs its jobs one at a time in queue order, and each conversation one job at a
  * time; a stale claim token is `FENCED` (see ../lib/jobs.ts). `version` signals jobs that
- * became claimable.
+ * became claimable, by an event or by time: the internal `signalDue` and
+ * `signalLockExpired` run when a retry falls due and when a lock expires.
  */
 import { v } from "convex/values";
-import { mutation, query } from "../_generated/server";
+import { internalMutation, mutation, query } from "../_generated/server";
 import {
   claimAgentIds,
   conversation,
@@ -146,9 +147,10 @@ export const release = mutation({
 });
 
 /**
- * A string that changes whenever a job becomes claimable by an event: queued, failed
- * back to the queue, released, or put back by a claim after its lock expired; never
- * when a job is claimed or finished.
+ * A string that changes whenever a job becomes claimable: queued, failed back to the
+ * queue, released, or put back by a claim after its lock expired, and when a queued
+ * job's `notBefore` or a running job's lock expiry comes; never when a job is claimed or
+ * finished.
  */
 export const version = query({
   args: v.any(),
@@ -199,5 +201,30 @@ export const history = query({
       sessionKey: label("sessionKey", a.sessionKey),
       limit: historyLimit("limit", a.limit),
     });
+  },
+});
+
+/**
+ * Internal, scheduled at the `notBefore` of a job queued to wait (a retry): move the
+ * jobs counter if the job is still queued with that `notBefore`. Changes no job.
+ */
+export const signalDue = internalMutation({
+  args: { id: v.id("jobs"), notBefore: v.number() },
+  handler: async (ctx, args): Promise<null> => {
+    await jobs.signalDue(ctx, args);
+    return null;
+  },
+});
+
+/**
+ * Internal, scheduled at the `lockedUntil` of each claim and renewal: move the jobs
+ * counter if the job is still running under `claimToken` with that lock, now expired.
+ * Changes no job: the next claim puts it back.
+ */
+export const signalLockExpired = internalMutation({
+  args: { id: v.id("jobs"), claimToken: v.string(), lockedUntil: v.number() },
+  handler: async (ctx, args): Promise<null> => {
+    await jobs.signalLockExpired(ctx, args);
+    return null;
   },
 });
