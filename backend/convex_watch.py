@@ -17,7 +17,8 @@ The parent's side is one daemon thread per feed that starts the child, reads its
 calls `on_change(query)` for each new value (the first one of each query included: a
 restart catches up) and watches it. The child writes a line at least every third of
 `liveness_timeout_s`; a child silent for `liveness_timeout_s` (stuck in a handshake,
-stopped) is killed with SIGKILL. A child that exits, is killed, or reports an error is
+stopped), or alive but not subscribed within SUBSCRIBE_TIMEOUTS of them (its connection
+hangs), is killed with SIGKILL. A child that exits, is killed, or reports an error is
 started again after a backoff (`FEED_BACKOFF`), from its shortest delay again once a child
 stayed subscribed for the backoff's reset period. The child dies with the parent: it exits
 at EOF on its stdin and, on Linux, the kernel kills it when the thread that started it
@@ -50,6 +51,10 @@ logger = logging.getLogger(__name__)
 # FeedState (backend.port): `subscribed` once every query delivered a value in the
 # current child, whose connection is up; `down` otherwise (starting, failed, waiting to
 # restart, stopped).
+
+SUBSCRIBE_TIMEOUTS = 3
+"""A child not subscribed within this many liveness periods is replaced: it is alive but
+its connection hangs (a handshake or a subscription that never completes)."""
 
 DEFAULT_LIVENESS_TIMEOUT_S = 3.0
 """A child that writes no line for this long is killed and started again. It writes one
@@ -244,8 +249,12 @@ class ChangeFeed:
                 os.set_blocking(fd, False)
                 selector.register(fd, selectors.EVENT_READ)
             deadline_s = monotonic_s() + self._liveness_timeout_s
+            subscribe_by_s = monotonic_s() + SUBSCRIBE_TIMEOUTS * self._liveness_timeout_s
             while out in selector.get_map():  # until its stdout closes: it exits, or is gone
-                for key, _events in selector.select(max(0.0, deadline_s - monotonic_s())):
+                wake_s = min(
+                    deadline_s, subscribe_by_s if self._subscribed_at_s is None else deadline_s
+                )
+                for key, _events in selector.select(max(0.0, wake_s - monotonic_s())):
                     try:
                         data = os.read(key.fd, 65536)
                     except BlockingIOError:
@@ -268,9 +277,10 @@ class ChangeFeed:
                         reported = self._handle(message) or reported
                     # After the callbacks: only the child's silence counts.
                     deadline_s = monotonic_s() + self._liveness_timeout_s
-                if monotonic_s() >= deadline_s:  # even if its stderr is busy
+                overdue = self._overdue(deadline_s, subscribe_by_s)
+                if overdue is not None:
                     _kill(child)
-                    return f"no line from the feed process for {self._liveness_timeout_s:g} s"
+                    return overdue
         if self._stopping.is_set():
             return "stopped"
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -278,6 +288,17 @@ class ChangeFeed:
         if reported is not None:
             return reported
         return self._shown(f"the feed process {_exit_text(child.returncode)}{stderr_tail}")
+
+    def _overdue(self, deadline_s: float, subscribe_by_s: float) -> str | None:
+        """Why the child must be replaced now, if it must: silent past its liveness
+        deadline (even if its stderr is busy), or alive but not subscribed in time."""
+        now_s = monotonic_s()
+        if now_s >= deadline_s:
+            return f"no line from the feed process for {self._liveness_timeout_s:g} s"
+        if self._subscribed_at_s is None and now_s >= subscribe_by_s:
+            timeout_s = SUBSCRIBE_TIMEOUTS * self._liveness_timeout_s
+            return f"the feed process did not subscribe within {timeout_s:g} s"
+        return None
 
     def _handle(self, message: dict[str, object]) -> str | None:
         """Act on one line of the child; return the error it reported, if it did."""
