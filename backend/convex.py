@@ -87,6 +87,8 @@ class ConvexBackend(Backend):
             headers={"Convex-Client": f"agent-runtime-{CLIENT_VERSION}"},
         )
 
+    signal_poll_s = 0.25  # in poll mode, each read is a billed function call
+
     def __repr__(self) -> str:
         return f"convex:{self.url}"
 

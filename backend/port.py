@@ -40,6 +40,10 @@ class Watch(Protocol):
 class Backend(abc.ABC):
     """What the runtime needs from its backend. Safe to call from several threads."""
 
+    signal_poll_s: float = 0.1
+    """How often a caller without a change feed reads the jobs change signal: a local read
+    costs microseconds; an adapter whose every read is a billed call polls less often."""
+
     # --- agent sync --------------------------------------------------------------
 
     @abc.abstractmethod

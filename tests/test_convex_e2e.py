@@ -62,7 +62,7 @@ def test_failing_sync_is_reported_in_health_and_recovers(
 ) -> None:
     env = convex_env(tmp_path, convex_deployment)
     agent_id = add_agent(env, "steady", 500)
-    convex_deployment.fail_next("503", count=1000, path="service/agents:list")
+    convex_deployment.fail_next("503", count=1000, path="service/agents:snapshot")
     runtime = runtime_on(env)
     health = wait_for(
         lambda: (h := runtime.health())["agentSync"]["lastError"] and h,

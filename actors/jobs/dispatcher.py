@@ -3,10 +3,12 @@ AgentActor, which runs it in its session on the job pool (`actors.jobs.runner`).
 
 Which agents: those whose AgentActor said `AgentReady` (the SyncActor starts exactly the
 agents this worker owns) and has not said `AgentGone`. When: whenever the backend's jobs
-signal moves (polled every JOBS_SIGNAL_POLL_S, a cheap read), when a run ends (its agent
-may have a next job), when agents arrive, when a known retry falls due, and every
-CLAIM_INTERVAL_S as a safety net (a dead worker's expired locks, retries of jobs this
-worker did not fail). Claims never overlap (they run in this actor's thread).
+signal moves (pushed by the change feed; without one, polled every
+`Backend.signal_poll_s`; while the feed is down, every AGENT_FALLBACK_POLL_MS), when a run
+ends (its agent may have a next job), when agents arrive, when a retry it scheduled falls
+due, and every `claim_interval_s` as a safety net (a dead worker's expired locks, retries
+of jobs another worker failed, where the signal does not cover them). Claims never
+overlap (they run in this actor's thread).
 
 How many: at most `concurrency` runs at once in the process (JOB_CONCURRENCY; 0 pauses
 claiming), one per agent: an agent with a run in flight is left out of claims, and the
@@ -47,12 +49,9 @@ from messages.jobs import (
 
 logger = logging.getLogger(__name__)
 
-JOBS_SIGNAL_POLL_S = 0.1
-"""How often the jobs change signal is read: a job queued for an idle agent starts
-within about this (plus the claim)."""
-
 CLAIM_INTERVAL_S = 2.0
-"""The safety-net claim, whatever the signal says."""
+"""The safety-net claim without a change feed (the embedded backend's signal does not
+move when a retry falls due or a lock expires)."""
 
 MAX_CLAIM_AGENTS = 1000
 MAX_CLAIM_LIMIT = 100
@@ -86,7 +85,7 @@ class JobDispatcher(SupervisedActor):
         concurrency: int,
         claim_interval_s: float = CLAIM_INTERVAL_S,
         feed: bool = False,
-        fallback_poll_s: float = JOBS_SIGNAL_POLL_S,
+        fallback_poll_s: float = 5.0,
     ) -> None:
         super().__init__(supervisor=supervisor, child_id="jobs")
         self._backend = backend
@@ -116,7 +115,7 @@ class JobDispatcher(SupervisedActor):
             return
         self.timers.start_periodic(CLAIM_TIMER, self._claim_interval_s)
         # A feed starts down: poll at the fallback interval until it is subscribed.
-        self._poll_every(self._fallback_poll_s if self._feed else JOBS_SIGNAL_POLL_S)
+        self._poll_every(self._fallback_poll_s if self._feed else self._backend.signal_poll_s)
         self.timers.start_periodic(RENEW_TIMER, self._options.lock_ms / 4000)
 
     def _poll_every(self, interval_s: float | None) -> None:
