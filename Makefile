@@ -31,8 +31,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The subprocess scenarios are independent: they run in parallel, one worker per core.
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 # The reference Convex functions: the same contract vectors, with convex-test (vitest).
 convex/node_modules/.installed: convex/package.json convex/package-lock.json
