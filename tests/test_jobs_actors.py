@@ -356,3 +356,14 @@ def test_an_agent_with_a_wakeup_prompt_gets_its_wakeup_turns(
         what="a wake-up job done",
     )
     assert done[0]["result"] == "echo: check your queue"
+
+
+def test_job_concurrency_0_claims_nothing(
+    local_backend: LocalBackend, board: StatusBoard, model: ScriptedModel
+) -> None:
+    agent = local_backend.create_agent("paused", 1000).id
+    job_id = local_backend.enqueue_job(agent, "hello")
+    start(local_backend, board, model, concurrency=0)
+    wait_for(lambda: jobs_status(board).concurrency == 0, what="the dispatcher up")
+    assert stays_false(lambda: status_of(local_backend, job_id) != "queued", window_s=1.0)
+    assert model.calls == []
