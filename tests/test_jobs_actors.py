@@ -364,6 +364,7 @@ def test_job_concurrency_0_claims_nothing(
     agent = local_backend.create_agent("paused", 1000).id
     job_id = local_backend.enqueue_job(agent, "hello")
     start(local_backend, board, model, concurrency=0)
-    wait_for(lambda: jobs_status(board).concurrency == 0, what="the dispatcher up")
+    wait_for(lambda: isinstance(board.get(JOBS), JobsStatus), what="the dispatcher up")
+    assert jobs_status(board).concurrency == 0
     assert stays_false(lambda: status_of(local_backend, job_id) != "queued", window_s=1.0)
     assert model.calls == []
