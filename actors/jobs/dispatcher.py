@@ -102,6 +102,10 @@ class JobDispatcher(SupervisedActor):
         self._in_flight: dict[str, _InFlight] = {}  # by job id
         self._busy: set[str] = set()  # agents with a run in flight
         self._claim_queued = False
+        self._claim_for: set[str] | None = set()
+        """The agents the queued round claims for (None: every agent here)."""
+        self._saturated = False
+        """A round stopped with no slot left: more jobs may be claimable."""
         self._seen_signal: str | None = None
         self._rotation = 0
         self._retry_due_ms: int | None = None
@@ -175,7 +179,13 @@ class JobDispatcher(SupervisedActor):
             self._seen_signal = version
             self._request_claim()
 
-    def _request_claim(self) -> None:
+    def _request_claim(self, agent_id: str | None = None) -> None:
+        """Queue a claim round for every agent here, or (`agent_id`) for that one only
+        (its next job, after its run ended); requests coalesce into one round."""
+        if agent_id is None:
+            self._claim_for = None
+        elif self._claim_for is not None:
+            self._claim_for.add(agent_id)
         if not self._claim_queued:
             self._claim_queued = True
             self.actor_ref.tell(RunClaim())
@@ -183,10 +193,14 @@ class JobDispatcher(SupervisedActor):
     # --- claiming -----------------------------------------------------------------------
 
     def _claim(self) -> None:
-        idle = [a for a in self._agents if a not in self._busy]
+        scope, self._claim_for = self._claim_for, set()
+        idle = [a for a in self._agents if a not in self._busy and (scope is None or a in scope)]
         free = self._concurrency - len(self._in_flight)
         if free <= 0 or not idle:
+            self._saturated = self._saturated or free <= 0
             return
+        if scope is None:
+            self._saturated = False
         # Each round starts at another chunk, so no agent waits behind the first 1000.
         chunks = [idle[i : i + MAX_CLAIM_AGENTS] for i in range(0, len(idle), MAX_CLAIM_AGENTS)]
         self._rotation = (self._rotation + 1) % len(chunks)
@@ -207,7 +221,8 @@ class JobDispatcher(SupervisedActor):
             for job in claimed:
                 self._hand_over(job, JobControl(deadline_s))
             free -= len(claimed)
-            if free <= 0:
+            if free <= 0:  # more may be claimable: the next run to end claims for all
+                self._saturated = True
                 return
 
     def _hand_over(self, job: ClaimedJob, control: JobControl) -> None:
@@ -246,7 +261,9 @@ class JobDispatcher(SupervisedActor):
         if ended.retry_at_ms is not None:
             self._retry_at(ended.retry_at_ms)
         self._publish()
-        self._request_claim()
+        # Its agent's next job; every agent's if a round stopped for want of a slot (at
+        # 10,000 agents a round is 10 claim calls: not one per finished job).
+        self._request_claim(None if self._saturated else ended.agent_id)
 
     def _forget(self, job_id: str) -> _InFlight | None:
         flight = self._in_flight.pop(job_id, None)
