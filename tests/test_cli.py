@@ -222,16 +222,33 @@ def test_doctor_on_the_embedded_backend(local_env: dict[str, str]) -> None:
     result = cli({**local_env, "PORT": "0"}, "doctor")
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok", "ok"]
+    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok", "ok", "ok"]
     assert "backend=embedded SQLite at" in lines[0]
     assert lines[3].endswith("agents: 1 valid, 0 online")
     assert lines[4].endswith("workers: 0 live core worker(s); agents stay offline until one runs")
+    assert lines[5].endswith("jobs: echo provider, 2 tool(s), up to 8 at once; 0 dead")
     production = cli(
         {**local_env, "PORT": "0", "APP_ENV": "production", "AGENT_ROLE": "core"}, "doctor"
     )
     assert production.returncode == 1
     assert "FAIL  configuration" in production.stdout
     assert "fix: production needs CONVEX_URL and AGENT_SECRET" in production.stdout
+
+
+def test_doctor_checks_what_jobs_need(local_env: dict[str, str]) -> None:
+    env = {
+        **local_env,
+        "PORT": "0",
+        "TOOLS_MODULES": "tests.no_such_tools",
+        "ENABLE_WHATSAPP": "true",
+        "WHATSAPP_APP_SECRET": "s",
+        "WHATSAPP_VERIFY_TOKEN": "t",
+        "WHATSAPP_AGENT_ID": "nobody",
+    }
+    result = cli(env, "doctor")
+    assert result.returncode == 1
+    assert "FAIL  jobs: cannot import tools module 'tests.no_such_tools'" in result.stdout
+    assert "FAIL  whatsapp routing: WHATSAPP_AGENT_ID='nobody' names no agent" in result.stdout
 
 
 def test_a_dead_workers_agents_show_offline_in_agents_list_and_doctor(

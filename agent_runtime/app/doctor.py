@@ -12,9 +12,10 @@ from agent_runtime.app.backends import open_backend
 from agent_runtime.app.config import Settings
 from agent_runtime.app.roles import ROLES
 from agent_runtime.clock import monotonic_s, now_ms
-from agent_runtime.errors import BackendError, BackendUnavailable, ServiceKeyRejected
+from agent_runtime.errors import BackendError, BackendUnavailable, ConfigError, ServiceKeyRejected
+from agent_runtime.tools import default_registry, load_modules
 from backend.port import Backend
-from messages import parse_agent_rows
+from messages import AgentList, parse_agent_rows
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,46 @@ def _backend_checks(settings: Settings, backend: Backend) -> list[Check]:
             + ("" if workers or not listed.agents else "; agents stay offline until one runs"),
         )
     )
+    if ROLES[settings.role].agents:
+        checks.append(_jobs_check(settings, backend))
+    if settings.receives_whatsapp and settings.whatsapp_agent_id is not None:
+        checks.append(_routing_check(settings.whatsapp_agent_id, listed))
     if settings.sends_whatsapp:
         checks.append(_whatsapp_check(settings, backend))
     return checks
+
+
+def _jobs_check(settings: Settings, backend: Backend) -> Check:
+    """What `run` would refuse (the model provider, TOOLS_MODULES), and the dead jobs."""
+    try:
+        settings.check_model()
+        load_modules(settings.tools_modules)
+    except (ConfigError, ValueError) as error:
+        return Check("jobs", False, f"{error}; fix: `run` would exit 2 with this")
+    try:
+        dead = len(backend.list_jobs(status="dead"))
+    except BackendError as error:
+        return Check("jobs", False, f"cannot list jobs: {error}")
+    model = f" (model {settings.model})" if settings.provider == "openai" else ""
+    return Check(
+        "jobs",
+        True,
+        f"{settings.provider} provider{model}, {len(default_registry().names())} tool(s),"
+        f" up to {settings.job_concurrency} at once; {dead if dead < 1000 else '1000+'} dead"
+        + ("; see `jobs list --status dead`" if dead else ""),
+    )
+
+
+def _routing_check(agent_id: str, listed: AgentList) -> Check:
+    """WHATSAPP_AGENT_ID names an agent: else inbound messages are stored, answered by none."""
+    if any(agent.id == agent_id for agent in listed.agents):
+        return Check("whatsapp routing", True, f"inbound messages go to agent {agent_id}")
+    return Check(
+        "whatsapp routing",
+        False,
+        f"WHATSAPP_AGENT_ID={agent_id!r} names no agent: inbound messages are stored and"
+        " answered by no one; fix: set it to an id from `agents list`",
+    )
 
 
 def _whatsapp_check(settings: Settings, backend: Backend) -> Check:
