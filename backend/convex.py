@@ -6,12 +6,15 @@ Every call is `POST {CONVEX_URL}/api/query|mutation|action` with
 only what is safe. The secret is only ever placed in request bodies: never in a log
 line, an error message or a repr.
 
+Every call stays well within Convex's limits whatever the number of agents: lists are
+read page by page, batches are written in chunks (docs/convex.md, "Limits").
+
 The WebSocket `ConvexClient` is deliberately not used for calls: its blocking calls hold
 the GIL for their whole duration and have no timeout (see DESIGN.md).
 """
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import httpx
@@ -58,8 +61,19 @@ JOBS_VERSION = "service/jobs:version"
 CLIENT_VERSION = __version__ if re.fullmatch(r"\d+\.\d+\.\d+", __version__) else "0.0.0"
 """Convex refuses a `Convex-Client` header whose version is not semver (400)."""
 
-WEBHOOK_CHUNK = 1000
-"""The most messages (and statuses) `service/whatsapp:recordWebhook` takes in one call."""
+WEBHOOK_CHUNK = 100
+"""The most messages (and statuses) `service/whatsapp:recordWebhook` takes in one call:
+100 of the longest messages, each also queued as a job, write about 3.2 MiB."""
+
+PRESENCE_CHUNK = 1000
+"""Beats per `service/presence:recordHeartbeats` call, and agent ids per `markOffline`
+call: the functions' maximum. Each costs about one index range, one ~100-byte presence
+document read and one write, so a full chunk stays well under Convex's per-transaction
+limits (4,096 ranges, 16,384 documents read, 8,192 written; docs/convex.md, "Limits").
+Few large calls matter at a stop: 20,000 agents are marked offline in 20 calls."""
+
+LISTED_MAX = 1000
+"""The most rows `list_jobs`, `list_outbox` and `list_inbox` return (the port's bound)."""
 
 UDF_FAILED_STATUS = 560
 """Older deployments answer a failed function with this status instead of 200."""
@@ -95,29 +109,35 @@ class ConvexBackend(Backend):
     # --- the port ---------------------------------------------------------------------
 
     def list_agents(self) -> list[dict[str, Any]]:
-        return _rows(self._call("query", "service/agents:list", {}, idempotent=True))
+        return self._every_row("service/agents:list", {})
 
     def agents_and_workers(self) -> tuple[list[dict[str, Any]], list[str]]:
-        answer = self._call("query", "service/agents:snapshot", {}, idempotent=True)
-        if not isinstance(answer, dict):
-            raise FunctionError(f"expected {{agents, workers}}, got {str(answer)[:80]}")
-        return _rows(answer.get("agents")), _ids(answer.get("workers"))
+        agents: list[dict[str, Any]] = []
+        workers: list[str] = []
+        for page in self._pages("service/agents:snapshot", {}):
+            agents += _rows(page.get("page"))
+            workers = _ids(page.get("workers"))  # every page has them: the last is the latest
+        return agents, workers
 
     def agents_version(self) -> str:
         return self._change_signal(AGENTS_VERSION)
 
     def list_presence(self) -> list[dict[str, Any]]:
-        return _rows(self._call("query", "service/presence:list", {}, idempotent=True))
+        return self._every_row("service/presence:list", {})
 
     def record_heartbeats(self, beats: Sequence[Heartbeat]) -> list[str]:
-        if not beats:
-            return []
-        # Setting lastHeartbeatAt to max(old, atMs) twice is harmless.
-        args = {"beats": [{"agentId": b.agent_id, "atMs": b.at_ms} for b in beats]}
-        answer = self._call("mutation", "service/presence:recordHeartbeats", args, idempotent=True)
-        refused = answer.get("refused") if isinstance(answer, dict) else None
-        if not isinstance(refused, list) or not all(isinstance(r, str) for r in refused):
-            raise FunctionError(f"expected {{refused: [agentId]}}, got {str(answer)[:80]}")
+        refused: list[str] = []
+        for start in range(0, len(beats), PRESENCE_CHUNK):
+            chunk = beats[start : start + PRESENCE_CHUNK]
+            # Setting lastHeartbeatAt to max(old, atMs) twice is harmless.
+            args = {"beats": [{"agentId": b.agent_id, "atMs": b.at_ms} for b in chunk]}
+            answer = self._call(
+                "mutation", "service/presence:recordHeartbeats", args, idempotent=True
+            )
+            part = answer.get("refused") if isinstance(answer, dict) else None
+            if not isinstance(part, list) or not all(isinstance(r, str) for r in part):
+                raise FunctionError(f"expected {{refused: [agentId]}}, got {str(answer)[:80]}")
+            refused += part
         return refused
 
     def register_worker(self, worker_id: str, instance_id: str, ttl_ms: int) -> list[str]:
@@ -140,8 +160,8 @@ class ConvexBackend(Backend):
         return _ids(self._call("query", "service/workers:list", {}, idempotent=True))
 
     def mark_offline(self, agent_ids: Sequence[str]) -> None:
-        if agent_ids:
-            args = {"agentIds": list(agent_ids)}
+        for start in range(0, len(agent_ids), PRESENCE_CHUNK):
+            args = {"agentIds": list(agent_ids[start : start + PRESENCE_CHUNK])}
             self._call("mutation", "service/presence:markOffline", args, idempotent=True)
 
     def create_agent(
@@ -334,11 +354,11 @@ class ConvexBackend(Backend):
         self, account_id: str, status: OutboundStatus | None = None
     ) -> list[dict[str, Any]]:
         args = _given(accountId=account_id, status=status)
-        return _rows(self._call("query", "service/whatsapp:listOutbox", args, idempotent=True))
+        return self._every_row("service/whatsapp:listOutbox", args, LISTED_MAX)
 
     def list_inbox(self, account_id: str) -> list[dict[str, Any]]:
         args = {"accountId": account_id}
-        return _rows(self._call("query", "service/whatsapp:listInbox", args, idempotent=True))
+        return self._every_row("service/whatsapp:listInbox", args, LISTED_MAX)
 
     def _whatsapp(self, path: str, args: dict[str, Any], *, idempotent: bool) -> Any:
         try:
@@ -478,7 +498,7 @@ class ConvexBackend(Backend):
         self, agent_id: str | None = None, status: JobStatus | None = None
     ) -> list[dict[str, Any]]:
         args = _given(agentId=agent_id, status=status)
-        return _rows(self._call("query", "service/jobs:list", args, idempotent=True))
+        return self._every_row("service/jobs:list", args, LISTED_MAX)
 
     def conversation_history(
         self, conversation: Conversation, session_key: str, limit: int
@@ -524,6 +544,36 @@ class ConvexBackend(Backend):
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         self._http.close()  # closing the pool does not wait for calls in progress
+
+    # --- pages --------------------------------------------------------------------------
+
+    def _pages(self, path: str, args: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Each page of the list query `path`, first to last (contract/README.md, "Pages"):
+        one call per page, each retried on its own (a query; reading it twice is harmless)."""
+        cursor: str | None = None
+        while True:
+            page = self._call("query", path, _given(**args, cursor=cursor), idempotent=True)
+            done = page.get("isDone") if isinstance(page, dict) else None
+            cursor = page.get("continueCursor") if isinstance(page, dict) else None
+            if not isinstance(done, bool) or not isinstance(cursor, str):
+                raise FunctionError(
+                    f"expected a page {{continueCursor, isDone, ...}}, got {str(page)[:80]}"
+                )
+            yield page
+            if done:
+                return
+
+    def _every_row(
+        self, path: str, args: dict[str, Any], most: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The rows of every page of `path` (`{page, continueCursor, isDone}`), or the first
+        `most` of them: no page is read once `most` rows are in."""
+        rows: list[dict[str, Any]] = []
+        for page in self._pages(path, args):
+            rows += _rows(page.get("page"))
+            if most is not None and len(rows) >= most:
+                return rows[:most]
+        return rows
 
     # --- the HTTP API -------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import { makeFunctionReference } from "convex/server";
 import { afterEach, beforeEach, expect, test, vi } from "vitest";
 import type { Doc } from "./functions/_generated/dataModel";
 import { SWEEP_BATCH } from "./functions/lib/model";
-import { advance, call, newBackend, scheduledRuns, type Backend } from "./testing";
+import { advance, call, newBackend, pageRows, scheduledRuns, type Backend } from "./testing";
 
 const serviceKey = "contract-secret";
 const T0 = 1_700_000_000_000;
@@ -42,7 +42,23 @@ function beat(agentId: string, atMs: number): Promise<unknown> {
 }
 
 async function listPresence(): Promise<Presence[]> {
-  return (await call(t, "query", "service/presence:list", { serviceKey })) as Presence[];
+  return pageRows<Presence>(call(t, "query", "service/presence:list", { serviceKey }));
+}
+
+/** Every agent's presence, page by page (more than one page of agents). */
+async function everyPresence(): Promise<Presence[]> {
+  const rows: Presence[] = [];
+  for (let cursor: string | null = null; ; ) {
+    const args = { serviceKey, cursor };
+    const answer = (await call(t, "query", "service/presence:list", args)) as {
+      page: Presence[];
+      continueCursor: string;
+      isDone: boolean;
+    };
+    rows.push(...answer.page);
+    if (answer.isDone) return rows;
+    cursor = answer.continueCursor;
+  }
 }
 
 function storedPresence(): Promise<Doc<"presence">[]> {
@@ -145,7 +161,9 @@ test("more stale documents than a batch are swept in several runs", async () => 
       await ctx.db.insert("presence", { agentId, status: "online", lastHeartbeatAt: 1, staleAt });
     }
   });
-  expect((await listPresence()).every((p) => p.status === "offline")).toBe(true);
+  const read = await everyPresence();
+  expect(read).toHaveLength(count);
+  expect(read.every((p) => p.status === "offline")).toBe(true);
   await t.mutation(makeFunctionReference<"mutation">("service/presence:sweep"), {});
   await t.finishAllScheduledFunctions(vi.runAllTimers);
   expect((await storedPresence()).filter((row) => row.status === "online")).toEqual([]);

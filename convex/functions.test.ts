@@ -1,7 +1,8 @@
 /**
  * What the vectors cannot see through the public API: presence is deleted with its
- * agent, heartbeats never write `agents`, an unset setting is an absent field, and a few
- * argument edge cases.
+ * agent, heartbeats never write `agents`, an unset setting is an absent field, a few
+ * argument edge cases, and Convex's limits (enforced by ./testing.ts): lists of large
+ * agents in pages, full presence batches.
  */
 import { ConvexError } from "convex/values";
 import { afterEach, beforeEach, expect, test, vi } from "vitest";
@@ -188,4 +189,106 @@ test("a setting's message names the field and the range; the wake-up pair says b
     expect(error.data.code).toBe("INVALID_ARGUMENT");
     expect(error.data.message).toMatch(message);
   }
+});
+
+/** Every row of a list, page by page; the pages' lengths go to `sizes`. */
+async function everyRow(
+  path: string,
+  rowsOf: (answer: Record<string, unknown>) => unknown[],
+  sizes: number[] = [],
+): Promise<unknown[]> {
+  const rows: unknown[] = [];
+  for (let cursor: string | null = null; ; ) {
+    const answer = (await call(t, "query", path, { serviceKey, cursor })) as Record<
+      string,
+      unknown
+    >;
+    rows.push(...rowsOf(answer));
+    sizes.push(rowsOf(answer).length);
+    if (answer.isDone) return rows;
+    cursor = answer.continueCursor as string;
+  }
+}
+
+test("large agents are listed in pages cut by bytes, every call within the limits", async () => {
+  // About 190 KiB each: the longest instructions and wake-up prompt, 4 UTF-8 bytes a character.
+  const large = {
+    instructions: "\u{1F600}".repeat(16_384),
+    wakeupPrompt: "\u{1F600}".repeat(32_768),
+    wakeupIntervalMs: 60_000,
+  };
+  const ids: string[] = [];
+  for (let i = 0; i < 12; i++) {
+    const args = { serviceKey, name: `a${i}`, heartbeatIntervalMs: 5000, ...large };
+    ids.push(((await call(t, "mutation", "service/agents:create", args)) as { id: string }).id);
+  }
+  const sizes: number[] = [];
+  const agents = await everyRow("service/agents:list", (a) => a.page as unknown[], sizes);
+  expect(agents.map((row) => (row as { id: string }).id)).toEqual(ids);
+  expect(sizes.length).toBeGreaterThan(2);
+  expect(Math.max(...sizes)).toBeLessThan(8);
+  const snapshot = await everyRow("service/agents:snapshot", (a) => a.page as unknown[]);
+  expect(snapshot).toEqual(agents);
+  const presence = await everyRow("service/presence:list", (a) => a.page as unknown[]);
+  expect(presence.map((row) => (row as { agentId: string }).agentId)).toEqual(ids);
+});
+
+test("a page's numItems is 1 to 1000 and its cursor a string or null", async () => {
+  await createAgent("a");
+  await createAgent("b");
+  for (const bad of [{ numItems: 0 }, { numItems: 1001 }, { numItems: 1.5 }, { cursor: 5 }]) {
+    expect(await codeOf(call(t, "query", "service/agents:list", { serviceKey, ...bad }))).toBe(
+      "INVALID_ARGUMENT",
+    );
+  }
+  const first = (await call(t, "query", "service/agents:list", { serviceKey, numItems: 1 })) as {
+    page: unknown[];
+    continueCursor: string;
+    isDone: boolean;
+  };
+  expect([first.page.length, first.isDone]).toEqual([1, false]);
+});
+
+test("a presence call takes at most 1000 agents, and a full one stays within the limits", async () => {
+  const ids = await t.run(async (ctx) => {
+    const inserted = [];
+    for (let i = 0; i < 1001; i++) {
+      const agentId = await ctx.db.insert("agents", {
+        name: `a${i}`,
+        sessionKey: `s${i}`,
+        heartbeatIntervalMs: 5000,
+        updatedAt: 0,
+      });
+      const presence = { agentId, status: "offline" as const, lastHeartbeatAt: null };
+      await ctx.db.insert("presence", { ...presence, heartbeatIntervalMs: 5000 });
+      inserted.push(agentId as string);
+    }
+    return inserted;
+  });
+  const beats = ids.map((agentId) => ({ agentId, atMs: Date.now() }));
+  const record = (b: typeof beats) =>
+    call(t, "mutation", "service/presence:recordHeartbeats", { serviceKey, beats: b });
+  const offline = (agentIds: string[]) =>
+    call(t, "mutation", "service/presence:markOffline", { serviceKey, agentIds });
+  expect(await codeOf(record(beats))).toBe("INVALID_ARGUMENT");
+  expect(await codeOf(offline(ids))).toBe("INVALID_ARGUMENT");
+  expect(await record(beats.slice(0, 1000))).toEqual({ refused: [] });
+  expect(await offline(ids.slice(0, 1000))).toBeNull();
+}, 30_000); // convex-test scans a table for each index read: a full batch takes seconds
+
+test("presence carries the agent's interval: an older document gets it at the next beat", async () => {
+  const a = await createAgent("a");
+  const stored = () => t.run(async (ctx) => (await ctx.db.query("presence").first())!);
+  expect((await stored()).heartbeatIntervalMs).toBe(5000);
+  await call(t, "mutation", "service/agents:update", {
+    serviceKey,
+    agentId: a,
+    heartbeatIntervalMs: 7000,
+  });
+  expect((await stored()).heartbeatIntervalMs).toBe(7000);
+  const { _id } = await stored();
+  await t.run((ctx) => ctx.db.patch(_id, { heartbeatIntervalMs: undefined }));
+  const beats = [{ agentId: a, atMs: 10 }];
+  await call(t, "mutation", "service/presence:recordHeartbeats", { serviceKey, beats });
+  expect(await stored()).toMatchObject({ heartbeatIntervalMs: 7000, staleAt: 10 + 3 * 7000 });
 });

@@ -14,7 +14,7 @@ import { afterEach, beforeEach, expect, test, vi } from "vitest";
 import { MAX_TEXT_LENGTH } from "./functions/lib/args";
 import { AGENT_REMOVED } from "./functions/lib/jobs";
 import { LOCK_EXPIRED, MAX_ERROR_LENGTH } from "./functions/lib/whatsapp";
-import { advance, call, newBackend, scheduledRuns, type Backend } from "./testing";
+import { advance, call, newBackend, pageRows, scheduledRuns, type Backend } from "./testing";
 
 const serviceKey = "contract-secret";
 const T0 = 1_700_000_000_000;
@@ -97,7 +97,7 @@ function jobsVersion(): Promise<string> {
 
 function outbox(): Promise<OutboxRow[]> {
   const args = { serviceKey, accountId: "acct" };
-  return call(t, "query", "service/whatsapp:listOutbox", args) as Promise<OutboxRow[]>;
+  return pageRows<OutboxRow>(call(t, "query", "service/whatsapp:listOutbox", args));
 }
 
 async function errorOf(promise: Promise<unknown>): Promise<{ code: string; message: string }> {
@@ -221,7 +221,7 @@ test("an idempotency key is one job across all agents", async () => {
   const b = await createAgent("b");
   const j1 = await enqueue(a, "one", { idempotencyKey: "k" });
   expect(await enqueue(b, "other", { idempotencyKey: "k" })).toBe(j1);
-  expect(await query("list", { agentId: b })).toEqual([]);
+  expect(await pageRows(query("list", { agentId: b }))).toEqual([]);
 });
 
 test("an empty result queues no reply; a long one is cut to a WhatsApp message", async () => {
@@ -272,7 +272,7 @@ test("webhook messages with an empty text or a sender that is no phone number ma
     statuses: 0,
     duplicates: 0,
   });
-  expect(await query("list", {})).toMatchObject([
+  expect(await pageRows(query("list", {}))).toMatchObject([
     {
       input: "hello",
       conversation: { channel: "whatsapp", accountId: "acct", contact: "15550000002" },
@@ -336,7 +336,7 @@ test("inputs and results count characters; edge cases are INVALID_ARGUMENT and c
   expect(await codeOf(history(CONV, SESSION, 1.5))).toBe("INVALID_ARGUMENT");
   expect(await codeOf(query("list", { agentId: a, status: null }))).toBe("INVALID_ARGUMENT");
   expect(await get(j1)).toMatchObject({ status: "running", attempts: 0 });
-  expect(await query("list", {})).toHaveLength(1);
+  expect(await pageRows(query("list", {}))).toHaveLength(1);
   expect(await complete(j1, claimToken, big)).toMatchObject({ status: "done" });
 });
 
@@ -361,7 +361,7 @@ test("unknown job ids are NOT_FOUND; an unknown agent lists no jobs", async () =
     const failed = { id, claimToken: "t", error: "e", maxAttempts: 3 };
     expect(await codeOf(mutation("fail", failed))).toBe("NOT_FOUND");
   }
-  expect(await query("list", { agentId: "not-an-id" })).toEqual([]);
+  expect(await pageRows(query("list", { agentId: "not-an-id" }))).toEqual([]);
 });
 
 test("claim tokens are fresh random UUIDs", async () => {
@@ -566,9 +566,9 @@ test("a job stored before kinds existed reads as a task and never counts as a pe
       updatedAt: now,
     });
   });
-  expect(await query("list", {})).toMatchObject([{ kind: "task", input: "old" }]);
+  expect(await pageRows(query("list", {}))).toMatchObject([{ kind: "task", input: "old" }]);
   const w1 = await enqueue(a, "wake", { kind: "wakeup" });
-  expect(await query("list", {})).toHaveLength(2);
+  expect(await pageRows(query("list", {}))).toHaveLength(2);
   expect(await enqueue(a, "wake", { kind: "wakeup" })).toBe(w1);
 });
 

@@ -8,8 +8,9 @@ from pydantic import ValidationError
 from backend.local import LocalBackend
 from messages.agent import describe_validation_error
 from messages.jobs import CONVERSATION, MAX_INPUT_CHARS, Conversation, Usage
+from tests.convex_pages import PAGE_ARGS, page_of
 from tests.convex_whatsapp_service import Function
-from tests.fake_convex import ServiceError
+from tests.fake_convex import ServiceError, charge
 from tests.service_args import label, string, whole
 
 JOB_STATUSES = ("queued", "running", "done", "failed", "dead")
@@ -41,10 +42,13 @@ def jobs_functions(backend: LocalBackend) -> dict[str, Function]:
             raise ServiceError(
                 "INVALID_ARGUMENT", f"agentIds: expected 1 to {MAX_AGENT_IDS} strings"
             )
+        limit = whole(a, "limit", 1, 100)
+        # Each agent's running and next queued job; each claimed job written.
+        charge(read=2 * len(agent_ids), written=limit)
         claimed = backend.claim_jobs(
             agent_ids,
             label(a, "workerId"),
-            limit=whole(a, "limit", 1, 100),
+            limit=limit,
             lock_ms=whole(a, "lockMs", 1000, 600_000),
             max_attempts=whole(a, "maxAttempts", 1, 100),
         )
@@ -84,12 +88,12 @@ def jobs_functions(backend: LocalBackend) -> dict[str, Function]:
         )
         return {"status": status}
 
-    def listing(a: dict[str, Any]) -> list[dict[str, Any]]:
+    def listing(a: dict[str, Any]) -> dict[str, Any]:
         status = a.get("status")
         if status is not None and status not in JOB_STATUSES:
             raise ServiceError("INVALID_ARGUMENT", f"status: one of {JOB_STATUSES}")
         agent_id = string(a, "agentId") if "agentId" in a else None
-        return backend.list_jobs(agent_id, status)
+        return page_of(backend.list_jobs(agent_id, status), a)
 
     def history(a: dict[str, Any]) -> list[dict[str, Any]]:
         turns = backend.conversation_history(
@@ -124,7 +128,7 @@ def jobs_functions(backend: LocalBackend) -> dict[str, Function]:
             {"id", "claimToken", "error", "retryAt", "maxAttempts"},
         ),
         "service/jobs:get": ("query", lambda a: backend.get_job(string(a, "id")), {"id"}),
-        "service/jobs:list": ("query", listing, {"agentId", "status"}),
+        "service/jobs:list": ("query", listing, {"agentId", "status", *PAGE_ARGS}),
         "service/jobs:history": ("query", history, {"conversation", "sessionKey", "limit"}),
     }
 

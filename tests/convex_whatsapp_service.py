@@ -9,14 +9,15 @@ from pydantic import ValidationError
 from backend.local import LocalBackend
 from messages.agent import describe_validation_error
 from messages.whatsapp import InboundMessage, Lease, StatusUpdate
-from tests.fake_convex import ServiceError
+from tests.convex_pages import PAGE_ARGS, page_of
+from tests.fake_convex import ServiceError, charge
 from tests.service_args import label, string, whole
 
 Function = tuple[str, Callable[[dict[str, Any]], Any], set[str]]
 
 Item = TypeVar("Item", InboundMessage, StatusUpdate)
 
-MAX_WEBHOOK_ITEMS = 1000
+MAX_WEBHOOK_ITEMS = 100
 OUTBOUND_STATUSES = ("queued", "sending", "sent", "delivered", "read", "failed")
 
 
@@ -83,14 +84,16 @@ def whatsapp_functions(backend: LocalBackend) -> dict[str, Function]:
         messages = [_item(InboundMessage, m) for m in _array(a, "messages")]
         statuses = [_item(StatusUpdate, s) for s in _array(a, "statuses")]
         agent_id = string(a, "agentId") if "agentId" in a else None
+        # A dedupe read per item; a message and its job, a status and its message written.
+        charge(read=len(messages) + len(statuses), written=2 * (len(messages) + len(statuses)))
         recorded = backend.record_webhook(label(a, "accountId"), messages, statuses, agent_id)
         return recorded.model_dump()
 
-    def outbox(a: dict[str, Any]) -> list[dict[str, Any]]:
+    def outbox(a: dict[str, Any]) -> dict[str, Any]:
         status = a.get("status")
         if status is not None and status not in OUTBOUND_STATUSES:
             raise ServiceError("INVALID_ARGUMENT", f"status: one of {OUTBOUND_STATUSES}")
-        return backend.list_outbox(label(a, "accountId"), status)
+        return page_of(backend.list_outbox(label(a, "accountId"), status), a)
 
     return {
         "service/whatsapp:acquireLease": ("mutation", acquire, {"accountId", "ownerId", "ttlMs"}),
@@ -126,11 +129,11 @@ def whatsapp_functions(backend: LocalBackend) -> dict[str, Function]:
             record,
             {"accountId", "messages", "statuses", "agentId"},
         ),
-        "service/whatsapp:listOutbox": ("query", outbox, {"accountId", "status"}),
+        "service/whatsapp:listOutbox": ("query", outbox, {"accountId", "status", *PAGE_ARGS}),
         "service/whatsapp:listInbox": (
             "query",
-            lambda a: backend.list_inbox(label(a, "accountId")),
-            {"accountId"},
+            lambda a: page_of(backend.list_inbox(label(a, "accountId")), a),
+            {"accountId", *PAGE_ARGS},
         ),
     }
 

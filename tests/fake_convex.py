@@ -13,6 +13,11 @@ Every function call goes to one test-supplied callable `call(kind, path, args)`.
 worker thread (Starlette's thread pool), so it may block. It may also run concurrently with itself
 and with code in the test thread, so guard shared test data with a lock where that matters.
 
+Like a deployment, the fake holds every call to Convex's limits: arguments and results with an
+array over 8,192 elements or over 8 MiB are refused, and so is a function that reports, through
+`charge`, more documents read or written than one transaction may. A refusal is an uncaught error
+(no code), as on a deployment, and is counted in `refusals`.
+
 The server is uvicorn + Starlette in one daemon thread with its own asyncio loop. `url` points at a
 tiny byte relay in a child process (stdlib only) that answers WebSocket handshakes itself: the
 official client's `subscribe()` holds the GIL until its WebSocket is open, so an in-process server
@@ -49,7 +54,21 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["FAULTS", "Call", "FakeConvex", "RecordedRequest", "ServiceError", "to_convex_json"]
+__all__ = [
+    "FAULTS",
+    "MAX_ARRAY_ELEMENTS",
+    "MAX_DOCUMENTS_READ",
+    "MAX_DOCUMENTS_WRITTEN",
+    "MAX_VALUE_BYTES",
+    "Call",
+    "FakeConvex",
+    "LimitExceeded",
+    "RecordedRequest",
+    "Refusal",
+    "ServiceError",
+    "charge",
+    "to_convex_json",
+]
 
 Call = Callable[[str, str, dict[str, Any]], Any]
 """`(kind, path, args) -> result`: kind is "query" | "mutation" | "action", path is "dir/file:func",
@@ -67,6 +86,16 @@ _FAULT_RESPONSES: dict[str, tuple[int, str, str]] = {
     "429": (429, "RateLimited", "Too many concurrent requests. Try again later."),
     "unauthorized": (401, "Unauthenticated", "Could not verify OIDC token claim."),
 }
+MAX_ARRAY_ELEMENTS = 8_192
+MAX_VALUE_BYTES = 8 * 1024 * 1024
+MAX_DOCUMENTS_READ = 16_384
+MAX_DOCUMENTS_WRITTEN = 8_192
+"""Convex's limits (https://docs.convex.dev/production/state/limits), the stricter where the page
+has said two values: elements of an array; bytes of an argument or a return value (8 MiB before, 16
+MiB since; measured here as the JSON's length); documents read and written by one function. Every
+call to the fake is held to them (see `LimitExceeded`), so code that would fail on a deployment
+fails its tests."""
+
 _TIMEOUT_STATUS = 504
 _MALFORMED_BODY = b'{"status":"success","value":'  # truncated JSON, served as application/json
 _START_TIMEOUT_S = 10.0
@@ -204,6 +233,55 @@ class ServiceError(Exception):
     def data(self) -> dict[str, str]:
         """The ConvexError data the client receives."""
         return {"code": self.code, "message": self.message}
+
+
+class LimitExceeded(Exception):
+    """A call broke one of Convex's limits. Raised by the fake for arguments and results, and by a
+    function (`charge`) for documents; answered as a deployment answers it: an uncaught error
+    without a code, never retried by the runtime. Each one is counted in `FakeConvex.refusals`."""
+
+
+def charge(*, read: int = 0, written: int = 0) -> None:
+    """Raise `LimitExceeded`, with a deployment's message, if one function call reads or writes
+    more documents than Convex allows (`read`, `written`: its estimate of the call's documents)."""
+    if read > MAX_DOCUMENTS_READ:
+        raise LimitExceeded(
+            f"Too many documents read in a single function execution (limit: {MAX_DOCUMENTS_READ})."
+        )
+    if written > MAX_DOCUMENTS_WRITTEN:
+        raise LimitExceeded(
+            f"Too many writes in a single function execution (limit: {MAX_DOCUMENTS_WRITTEN})"
+        )
+
+
+def _check_value(what: str, value: Any) -> None:
+    """`LimitExceeded` if `value` has an array over MAX_ARRAY_ELEMENTS elements or is over
+    MAX_VALUE_BYTES."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            if len(item) > MAX_ARRAY_ELEMENTS:
+                raise LimitExceeded(
+                    f"{what} invalid: Array length is too long"
+                    f" ({len(item)} > maximum length {MAX_ARRAY_ELEMENTS})"
+                )
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    size = len(json.dumps(value, separators=(",", ":")).encode())
+    if size > MAX_VALUE_BYTES:
+        raise LimitExceeded(
+            f"{what} invalid: Value is too large ({size} bytes > maximum size {MAX_VALUE_BYTES})"
+        )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A call the fake refused for one of Convex's limits: the function and the message."""
+
+    path: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -418,6 +496,7 @@ class FakeConvex:
         self.ping_interval_s: float = 5.0
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
+        self._refusals: list[Refusal] = []
         self._faults: list[_PendingFault] = []
         self._sync_connections = 0
         self._ts = 0  # deployment-wide timestamp; every Transition and mutation takes the next one
@@ -542,6 +621,13 @@ class FakeConvex:
         """A snapshot (new list) of every HTTP function call so far, oldest first. Thread-safe."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def refusals(self) -> list[Refusal]:
+        """A snapshot (new list) of every call refused for one of Convex's limits (HTTP or
+        WebSocket), oldest first. Thread-safe."""
+        with self._lock:
+            return list(self._refusals)
 
     @property
     def sync_connections(self) -> int:
@@ -681,12 +767,17 @@ class FakeConvex:
 
     async def _evaluate(self, kind: str, path: str, args: dict[str, Any]) -> _Outcome:
         try:
+            _check_value(f"Function {path} arguments", args)
             result = await run_in_threadpool(self._call, kind, path, args)
             value = to_convex_json(result)
+            _check_value(f"Function {path} return value", value)
         except ServiceError as exc:
             sig = json.dumps(["error", exc.data], sort_keys=True)
             return _Outcome(False, message=_error_message(exc), error_data=exc.data, sig=sig)
         except Exception as exc:
+            if isinstance(exc, LimitExceeded):
+                with self._lock:
+                    self._refusals.append(Refusal(path, str(exc)))
             sig = json.dumps(["error", type(exc).__name__, str(exc)])
             return _Outcome(False, message=_error_message(exc), sig=sig)
         return _Outcome(True, value=value, sig=json.dumps(["ok", value], sort_keys=True))

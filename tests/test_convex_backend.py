@@ -1,5 +1,6 @@
 """The Convex adapter against a fake deployment on 127.0.0.1: mapping, errors, retries,
-and the service key kept out of every log line, error and repr."""
+lists read page by page and batches written in chunks, and the service key kept out of
+every log line, error and repr."""
 
 import http.server
 import logging
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -25,7 +27,7 @@ from agent_runtime.errors import (
     ServiceKeyRejected,
     WorkerIdTaken,
 )
-from backend.convex import CLIENT_VERSION, ConvexBackend
+from backend.convex import CLIENT_VERSION, PRESENCE_CHUNK, ConvexBackend
 from messages import Heartbeat
 from messages.jobs import DirectConversation, Usage, WhatsAppConversation
 from messages.whatsapp import InboundMessage, StatusUpdate
@@ -418,9 +420,57 @@ def test_a_delivery_over_the_functions_limit_is_recorded_in_chunks(
     ]
     recorded = convex.record_webhook("acct", messages, [])
     assert (recorded.messages, recorded.duplicates) == (2500, 0)
-    assert len(calls_to(convex_deployment, "service/whatsapp:recordWebhook")) == 3
+    assert len(calls_to(convex_deployment, "service/whatsapp:recordWebhook")) == 2500 / 100
     assert len(convex.list_inbox("acct")) == 1000  # the listing is bounded; all are stored
+    assert len(calls_to(convex_deployment, "service/whatsapp:listInbox")) == 1  # one page
     assert convex.record_webhook("acct", messages, []).duplicates == 2500
+    assert convex_deployment.refusals == []
+
+
+def test_lists_are_read_page_by_page_pages_cut_by_bytes(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    # About 16 KB each: a 1 MiB page holds about 64 of them.
+    ids = [convex.create_agent(f"a{n}", 5000, instructions="x" * 16_384).id for n in range(150)]
+    convex.register_worker("w1", "i1", 60_000)
+    assert [row["id"] for row in convex.list_agents()] == ids
+    agents, workers = convex.agents_and_workers()
+    assert ([row["id"] for row in agents], workers) == (ids, ["w1"])
+    assert [row["agentId"] for row in convex.list_presence()] == ids
+    for path in ("service/agents:list", "service/agents:snapshot"):
+        cursors = [r.args.get("cursor") for r in calls_to(convex_deployment, path)]
+        assert len(cursors) == 3, path
+        assert cursors[0] is None, path
+        assert all(isinstance(cursor, str) for cursor in cursors[1:]), path
+    assert convex_deployment.refusals == []
+
+
+def test_presence_writes_go_in_chunks_under_the_functions_maximum(
+    convex: ConvexBackend, convex_deployment: FakeConvex
+) -> None:
+    record = convex.create_agent("known", 5000)
+    # Unknown ids are ignored: a chunk of them costs what a chunk of agents does.
+    ids = [record.id] + [f"unknown-{n}" for n in range(2 * PRESENCE_CHUNK + 199)]
+    assert convex.record_heartbeats([Heartbeat(agent_id=i, at_ms=now_ms()) for i in ids]) == []
+    convex.mark_offline(ids)
+    beats = [
+        len(r.args["beats"])
+        for r in calls_to(convex_deployment, "service/presence:recordHeartbeats")
+    ]
+    marks = [
+        len(r.args["agentIds"]) for r in calls_to(convex_deployment, "service/presence:markOffline")
+    ]
+    assert beats == marks == [PRESENCE_CHUNK, PRESENCE_CHUNK, 200]
+    assert convex.list_presence()[0]["status"] == "offline"
+    assert convex_deployment.refusals == []
+    # The functions take at most 1000: a caller that does not chunk learns it at once.
+    body = {
+        "path": "service/presence:markOffline",
+        "args": {"serviceKey": SECRET, "agentIds": ids[:1001]},
+        "format": "json",
+    }
+    answer = httpx.post(f"{convex_deployment.url}/api/mutation", json=body, timeout=5).json()
+    assert answer["errorData"]["code"] == "INVALID_ARGUMENT"
 
 
 def test_a_create_with_a_key_is_retried_after_a_lost_answer_and_creates_one_agent(

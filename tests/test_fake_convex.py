@@ -20,7 +20,16 @@ from websockets.sync.client import ClientConnection, connect
 from agent_runtime.clock import monotonic_s
 from convex import ConvexClient, ConvexError
 from tests.conftest import stays_false, wait_for
-from tests.fake_convex import FakeConvex, RecordedRequest, ServiceError
+from tests.fake_convex import (
+    MAX_ARRAY_ELEMENTS,
+    MAX_DOCUMENTS_READ,
+    MAX_DOCUMENTS_WRITTEN,
+    MAX_VALUE_BYTES,
+    FakeConvex,
+    RecordedRequest,
+    ServiceError,
+    charge,
+)
 
 ERROR_MESSAGE = re.compile(r"^\[Request ID: [0-9a-f]+\] Server Error\nUncaught (.*)$", re.DOTALL)
 
@@ -43,6 +52,13 @@ class Service:
             if path == "tasks:bump":
                 self.count += 1
                 return {"count": self.count}
+            if path == "tasks:many":
+                return list(range(args["n"]))
+            if path == "tasks:big":
+                return "x" * args["bytes"]
+            if path == "tasks:reads":
+                charge(read=args["read"], written=args["written"])
+                return None
             return {"kind": kind, "count": self.count, "args": args, "tags": ["a", True, None]}
 
     def set_count(self, count: int) -> None:
@@ -128,6 +144,38 @@ def test_http_other_exception_is_an_error_body_without_data(fake: FakeConvex) ->
     match = ERROR_MESSAGE.match(body["errorMessage"])
     assert match is not None, body["errorMessage"]
     assert match.group(1) == "Error: kaboom"
+
+
+@pytest.mark.parametrize(
+    ("path", "args", "message"),
+    [
+        ("tasks:many", {"n": MAX_ARRAY_ELEMENTS + 1}, "return value invalid: Array length is too"),
+        ("tasks:big", {"bytes": MAX_VALUE_BYTES}, "return value invalid: Value is too large"),
+        ("tasks:get", {"ids": [0] * (MAX_ARRAY_ELEMENTS + 1)}, "arguments invalid: Array length"),
+        ("tasks:reads", {"read": MAX_DOCUMENTS_READ + 1, "written": 0}, "Too many documents read"),
+        ("tasks:reads", {"read": 0, "written": MAX_DOCUMENTS_WRITTEN + 1}, "Too many writes"),
+    ],
+)
+def test_a_call_over_convexs_limits_is_refused_and_counted(
+    fake: FakeConvex, path: str, args: dict[str, Any], message: str
+) -> None:
+    response = post(fake, "query", path, args)
+
+    body = response.json()
+    assert (response.status_code, body["status"], "errorData" in body) == (200, "error", False)
+    assert message in body["errorMessage"]
+    (refusal,) = fake.refusals
+    assert refusal.path == path
+    assert message in refusal.message
+
+
+def test_a_call_at_convexs_limits_is_answered(fake: FakeConvex) -> None:
+    assert (
+        post(fake, "query", "tasks:many", {"n": MAX_ARRAY_ELEMENTS}).json()["status"] == "success"
+    )
+    args = {"read": MAX_DOCUMENTS_READ, "written": MAX_DOCUMENTS_WRITTEN}
+    assert post(fake, "mutation", "tasks:reads", args).json()["status"] == "success"
+    assert fake.refusals == []
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,12 @@ export default defineSchema({
      * on documents written before this field existed, which count as stale).
      */
     staleAt: v.optional(v.number()),
+    /**
+     * A copy of the agent's `heartbeatIntervalMs`, so that a beat reads no agent
+     * document (see ../lib/model.ts, `recordHeartbeats`). Absent on documents written
+     * before this field existed, until the agent's next beat.
+     */
+    heartbeatIntervalMs: v.optional(v.number()),
   })
     .index("by_agentId", ["agentId"])
     .index("by_status_staleAt", ["status", "staleAt"]),

@@ -18,6 +18,7 @@ import type * as lib_counters from "../lib/counters.js";
 import type * as lib_errors from "../lib/errors.js";
 import type * as lib_jobs from "../lib/jobs.js";
 import type * as lib_model from "../lib/model.js";
+import type * as lib_pages from "../lib/pages.js";
 import type * as lib_scheduled from "../lib/scheduled.js";
 import type * as lib_serviceKey from "../lib/serviceKey.js";
 import type * as lib_whatsapp from "../lib/whatsapp.js";
@@ -43,6 +44,7 @@ declare const fullApi: ApiFromModules<{
   "lib/errors": typeof lib_errors;
   "lib/jobs": typeof lib_jobs;
   "lib/model": typeof lib_model;
+  "lib/pages": typeof lib_pages;
   "lib/scheduled": typeof lib_scheduled;
   "lib/serviceKey": typeof lib_serviceKey;
   "lib/whatsapp": typeof lib_whatsapp;

@@ -30,8 +30,12 @@ export const MAX_COUNT = 100;
 /** Longest WhatsApp message text, in characters (Unicode code points). */
 export const MAX_TEXT_LENGTH = 4096;
 
-/** Most inbound messages, and most statuses, in one webhook delivery. */
-export const MAX_WEBHOOK_ITEMS = 1000;
+/**
+ * Most inbound messages, and most statuses, in one `recordWebhook` call: 100 messages of
+ * the longest text (16 KiB in UTF-8), each also queued as a job, write about 3.2 MiB,
+ * well under Convex's 8 MiB per transaction. A larger delivery takes several calls.
+ */
+export const MAX_WEBHOOK_ITEMS = 100;
 
 /**
  * Longest job `input` and `result`, and agent `wakeupPrompt` (a wake-up job's input), in
@@ -41,6 +45,16 @@ export const MAX_JOB_TEXT_LENGTH = 32768;
 
 /** Most agent ids in one job claim (`agentIds`). */
 export const MAX_CLAIM_AGENTS = 1000;
+
+/**
+ * Most beats in one `recordHeartbeats` and agent ids in one `markOffline`: each costs one
+ * index range, one small presence document read and at most one write, so a full batch
+ * stays far below Convex's 4,096 ranges, 16,384 documents read and 8,192 written.
+ */
+export const MAX_PRESENCE_BATCH = 1000;
+
+/** Most rows on one page of a list (`numItems`, and its default); see ./pages.ts. */
+export const MAX_PAGE_ITEMS = 1000;
 
 /** Most turns one `service/jobs:history` returns (`limit`). */
 export const MAX_HISTORY_TURNS = 200;
@@ -208,6 +222,19 @@ export function historyLimit(field: string, value: unknown): number {
   return wholeNumberIn(field, value, 1, MAX_HISTORY_TURNS);
 }
 
+/** A whole number from 1 to 1000 (the `numItems` of a list page). */
+export function pageSize(field: string, value: unknown): number {
+  return wholeNumberIn(field, value, 1, MAX_PAGE_ITEMS);
+}
+
+/** A list cursor: null (the first page) or a string, as a page's `continueCursor`. */
+export function pageCursor(field: string, value: unknown): string | null {
+  if (value !== null && typeof value !== "string") {
+    invalid(field, "null or the continueCursor of a page", value);
+  }
+  return value;
+}
+
 /** A whole number >= 1 (a lease `epoch`). */
 export function epoch(field: string, value: unknown): number {
   return wholeNumberIn(field, value, 1, Number.MAX_SAFE_INTEGER);
@@ -367,17 +394,18 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** An array of `{agentId: string, atMs: whole number >= 0}` (`beats`). */
+/** An array of at most 1000 `{agentId: string, atMs: whole number >= 0}` (`beats`). */
 export function beats(field: string, value: unknown): Beat[] {
-  return arrayOf(field, value, "{agentId, atMs}", (at, item) => {
+  const beat = (at: string, item: unknown) => {
     const { agentId, atMs } = objectWith(at, item, ["agentId", "atMs"]);
     return { agentId: string(`${at}.agentId`, agentId), atMs: epochMs(`${at}.atMs`, atMs) };
-  });
+  };
+  return arrayOf(field, value, "{agentId, atMs}", beat, MAX_PRESENCE_BATCH);
 }
 
-/** An array of strings (`agentIds` of `markOffline`). */
-export function stringArray(field: string, value: unknown): string[] {
-  return arrayOf(field, value, "strings", string);
+/** An array of at most 1000 strings (`agentIds` of `markOffline`). */
+export function offlineAgentIds(field: string, value: unknown): string[] {
+  return arrayOf(field, value, "strings", string, MAX_PRESENCE_BATCH);
 }
 
 /** An array of 1 to 1000 strings (`agentIds` of a job claim). */
@@ -422,7 +450,7 @@ export function usage(field: string, value: unknown): Usage {
 }
 
 /**
- * At most 1000 inbound messages `{providerId: label, from: label, text: 0 to 4096
+ * At most 100 inbound messages `{providerId: label, from: label, text: 0 to 4096
  * characters, timestamp: epoch ms}` (a webhook's `messages`).
  */
 export function webhookMessages(field: string, value: unknown): WebhookMessage[] {
@@ -445,7 +473,7 @@ export function webhookMessages(field: string, value: unknown): WebhookMessage[]
 }
 
 /**
- * At most 1000 statuses `{providerId: label, status: sent|delivered|read|failed,
+ * At most 100 statuses `{providerId: label, status: sent|delivered|read|failed,
  * timestamp: epoch ms, error?: string}` (a webhook's `statuses`).
  */
 export function webhookStatuses(field: string, value: unknown): WebhookStatus[] {

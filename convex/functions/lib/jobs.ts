@@ -21,6 +21,7 @@
  * `service/jobs:signalLockExpired`), never cancelled: a run whose job has moved on since
  * finds it changed and does nothing, so there is no sweep and nothing to clean up.
  */
+import type { PaginationOptions } from "convex/server";
 import { internal } from "../_generated/api";
 import type { Doc, Id } from "../_generated/dataModel";
 import type { MutationCtx, QueryCtx } from "../_generated/server";
@@ -36,6 +37,7 @@ import {
 import { bumpCounter } from "./counters";
 import { contractError } from "./errors";
 import { findAgent, requireAgent } from "./model";
+import { emptyPage, mapPage, type Page } from "./pages";
 import * as whatsapp from "./whatsapp";
 
 /** The `error` of the jobs a removed agent left queued or running. */
@@ -624,14 +626,14 @@ export async function get(ctx: QueryCtx, id: string): Promise<Job> {
 }
 
 /**
- * The jobs of agent `agentId` (all agents if not given; none for an id that is no agent
- * id) with this `status` (any if not given), oldest first; at most 1000
- * (`whatsapp.SCAN_LIMIT`) until the contract adds pagination.
+ * A page of the jobs of agent `agentId` (all agents if not given; none for an id that is
+ * no agent id) with this `status` (any if not given), oldest first.
  */
 export async function list(
   ctx: QueryCtx,
   filter: { agentId?: string; status?: JobStatus },
-): Promise<Job[]> {
+  options: PaginationOptions,
+): Promise<Page<Job>> {
   const { status } = filter;
   const table = ctx.db.query("jobs");
   let rows;
@@ -640,7 +642,7 @@ export async function list(
       status === undefined ? table : table.withIndex("by_status", (q) => q.eq("status", status));
   } else {
     const agentId = ctx.db.normalizeId("agents", filter.agentId);
-    if (agentId === null) return [];
+    if (agentId === null) return emptyPage();
     rows =
       status === undefined
         ? table.withIndex("by_agentId", (q) => q.eq("agentId", agentId))
@@ -648,7 +650,7 @@ export async function list(
             q.eq("agentId", agentId).eq("status", status),
           );
   }
-  return (await rows.take(whatsapp.SCAN_LIMIT)).map(toJob);
+  return mapPage(await rows.paginate(options), toJob);
 }
 
 /**

@@ -3,12 +3,14 @@
  * service functions and the internal functions the actions and the scheduler call.
  * Callers check the service key and the arguments first.
  */
+import type { PaginationOptions } from "convex/server";
 import { internal } from "../_generated/api";
 import type { Doc, Id } from "../_generated/dataModel";
 import type { MutationCtx, QueryCtx } from "../_generated/server";
 import { requireWakeupPair, type AgentSettings, type Beat } from "./args";
 import { bumpCounter } from "./counters";
 import { contractError } from "./errors";
+import { mapPage, type Page } from "./pages";
 import { cancelIfPending, isScheduled } from "./scheduled";
 
 /** An online agent goes stale after this many heartbeat intervals without a beat. */
@@ -127,16 +129,31 @@ function presenceOf(ctx: QueryCtx, agentId: Id<"agents">): Promise<Doc<"presence
     .first();
 }
 
-/** Every agent's configuration, oldest first. Reads no presence. */
-export async function listAgents(ctx: QueryCtx): Promise<AgentConfig[]> {
-  return (await allAgents(ctx)).map(toConfig);
+/** A page of the agents, oldest first (by creation time). */
+function agentsPage(ctx: QueryCtx, options: PaginationOptions) {
+  return ctx.db.query("agents").paginate(options);
 }
 
-/** Every agent's presence, in the order of `listAgents` (offline if never seen). */
-export async function listPresence(ctx: QueryCtx): Promise<Presence[]> {
-  const [agents, presence] = await Promise.all([allAgents(ctx), presenceByAgent(ctx)]);
+/** A page of the agents' configurations, oldest first. Reads no presence. */
+export async function listAgents(
+  ctx: QueryCtx,
+  options: PaginationOptions,
+): Promise<Page<AgentConfig>> {
+  return mapPage(await agentsPage(ctx, options), toConfig);
+}
+
+/**
+ * The presence of a page of agents, in the order of `listAgents` (offline if never
+ * seen): one presence read per agent on the page.
+ */
+export async function listPresence(
+  ctx: QueryCtx,
+  options: PaginationOptions,
+): Promise<Page<Presence>> {
   const now = readClock();
-  return agents.map((agent) => toPresence(agent._id, presence.get(agent._id), now));
+  return mapPage(await agentsPage(ctx, options), async (agent) =>
+    toPresence(agent._id, (await presenceOf(ctx, agent._id)) ?? undefined, now),
+  );
 }
 
 /** Configuration and presence of every agent, one row each, oldest first. */
@@ -194,7 +211,12 @@ export async function createAgent(
     ...asStored(settings),
   });
   if (sessionKey === undefined) await ctx.db.patch(id, { sessionKey: `agent:${id}` });
-  await ctx.db.insert("presence", { agentId: id, status: "offline", lastHeartbeatAt: null });
+  await ctx.db.insert("presence", {
+    agentId: id,
+    status: "offline",
+    lastHeartbeatAt: null,
+    heartbeatIntervalMs,
+  });
   await bumpCounter(ctx, "agents");
   return toConfig((await ctx.db.get(id))!);
 }
@@ -205,8 +227,9 @@ export async function createAgent(
  * `INVALID_ARGUMENT` unless `wakeupPrompt` and `wakeupIntervalMs` are both set or both
  * unset after the change.
  *
- * A new `heartbeatIntervalMs` does not recompute the stored `staleAt` of the agent's
- * presence: its next beat does (until then the old interval decides when it goes stale).
+ * A new `heartbeatIntervalMs` is copied to the agent's presence document, but does not
+ * recompute its stored `staleAt`: the next beat does (until then the old interval
+ * decides when it goes stale).
  */
 export async function updateAgent(
   ctx: MutationCtx,
@@ -220,6 +243,9 @@ export async function updateAgent(
   );
   requireWakeupPair({ ...settingsOf(agent), ...changed });
   await ctx.db.patch(agent._id, { ...asStored(changed), updatedAt: Date.now() });
+  const { heartbeatIntervalMs } = changed;
+  const presence = heartbeatIntervalMs === undefined ? null : await presenceOf(ctx, agent._id);
+  if (presence) await ctx.db.patch(presence._id, { heartbeatIntervalMs });
   await bumpCounter(ctx, "agents");
   return toConfig((await ctx.db.get(agent._id))!);
 }
@@ -247,6 +273,11 @@ export async function removeAgent(ctx: MutationCtx, agentId: string): Promise<Id
  * its agent id is returned in `refused` (once per refused beat, in the order of the
  * beats). Unknown agent ids are ignored (never refused); presence is written only when
  * it changes; `agents` is never written.
+ *
+ * A beat reads its agent's presence document only, which carries a copy of the agent's
+ * `heartbeatIntervalMs`: an agent document can be ~200 KiB (instructions, wake-up
+ * prompt), a presence document is ~100 bytes. The agent is read only for a presence
+ * document written before the copy existed (the beat then adds it), or none.
  */
 export async function recordHeartbeats(
   ctx: MutationCtx,
@@ -257,26 +288,29 @@ export async function recordHeartbeats(
   let earliestStaleAt = Infinity;
   for (const { agentId, atMs } of beats) {
     const id = ctx.db.normalizeId("agents", agentId);
-    const agent = id && (await ctx.db.get(id));
-    if (!agent) continue;
+    if (!id) continue;
+    const row = await presenceOf(ctx, id);
+    const intervalMs = row?.heartbeatIntervalMs ?? (await ctx.db.get(id))?.heartbeatIntervalMs;
+    if (intervalMs === undefined) continue; // no such agent
     if (atMs > now + MAX_AHEAD_MS) {
       refused.push(agentId);
       continue;
     }
-    const row = await presenceOf(ctx, agent._id);
     const last = Math.max(row?.lastHeartbeatAt ?? atMs, atMs);
     const fresh = {
       status: "online" as const,
       lastHeartbeatAt: last,
-      staleAt: last + STALE_AFTER_INTERVALS * agent.heartbeatIntervalMs,
+      staleAt: last + STALE_AFTER_INTERVALS * intervalMs,
+      heartbeatIntervalMs: intervalMs,
     };
     earliestStaleAt = Math.min(earliestStaleAt, fresh.staleAt);
     if (!row) {
-      await ctx.db.insert("presence", { agentId: agent._id, ...fresh });
+      await ctx.db.insert("presence", { agentId: id, ...fresh });
     } else if (
       row.status !== fresh.status ||
       row.lastHeartbeatAt !== fresh.lastHeartbeatAt ||
-      row.staleAt !== fresh.staleAt
+      row.staleAt !== fresh.staleAt ||
+      row.heartbeatIntervalMs !== fresh.heartbeatIntervalMs
     ) {
       await ctx.db.patch(row._id, fresh);
     }

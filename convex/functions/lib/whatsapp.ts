@@ -8,10 +8,12 @@
  * `markFailed` need both to be still current, so an owner that lost the lease (paused,
  * partitioned) can never finish a message its successor may be sending.
  */
+import type { PaginationOptions } from "convex/server";
 import type { Doc, Id } from "../_generated/dataModel";
 import type { MutationCtx, QueryCtx } from "../_generated/server";
 import type { DeliveryStatus, OutboundStatus, WebhookMessage, WebhookStatus } from "./args";
 import { contractError } from "./errors";
+import { mapPage, type Page } from "./pages";
 
 /** `lastError` of a message whose claim lock expired before it was marked. */
 export const LOCK_EXPIRED = "claim lock expired";
@@ -23,9 +25,9 @@ export const FAILED_WITHOUT_ERROR = "failed (the webhook gave no error)";
 export const MAX_ERROR_LENGTH = 500;
 
 /**
- * Most messages one `claimOutbound` considers per kind (due queued ones; expired locks)
- * and most rows one list returns. Both lists are unbounded in the contract for now
- * (pagination comes later); this bound keeps a call within Convex's read limits.
+ * Most messages one `claimOutbound` considers per kind (due queued ones; expired locks),
+ * and running jobs one job claim considers per agent: a bound that keeps a call within
+ * Convex's read limits.
  */
 export const SCAN_LIMIT = 1000;
 
@@ -476,12 +478,16 @@ function toOutboxRow(row: Doc<"whatsappOutbound">): OutboxRow {
   };
 }
 
-/** The outbound messages of `accountId` (with this `status`, if given), oldest first. */
+/**
+ * A page of the outbound messages of `accountId` (with this `status`, if given), oldest
+ * first.
+ */
 export async function listOutbox(
   ctx: QueryCtx,
-  accountId: string,
-  status?: OutboundStatus,
-): Promise<OutboxRow[]> {
+  filter: { accountId: string; status?: OutboundStatus },
+  options: PaginationOptions,
+): Promise<Page<OutboxRow>> {
+  const { accountId, status } = filter;
   const table = ctx.db.query("whatsappOutbound");
   const rows =
     status === undefined
@@ -489,19 +495,23 @@ export async function listOutbox(
       : table.withIndex("by_accountId_status", (q) =>
           q.eq("accountId", accountId).eq("status", status),
         );
-  return (await rows.take(SCAN_LIMIT)).map(toOutboxRow);
+  return mapPage(await rows.paginate(options), toOutboxRow);
 }
 
 /**
- * The inbound messages of `accountId`, oldest first: by the webhook's timestamp, then in
- * the order they were recorded.
+ * A page of the inbound messages of `accountId`, oldest first: by the webhook's
+ * timestamp, then in the order they were recorded.
  */
-export async function listInbox(ctx: QueryCtx, accountId: string): Promise<InboxRow[]> {
+export async function listInbox(
+  ctx: QueryCtx,
+  accountId: string,
+  options: PaginationOptions,
+): Promise<Page<InboxRow>> {
   const rows = await ctx.db
     .query("whatsappInbound")
     .withIndex("by_accountId_receivedAt", (q) => q.eq("accountId", accountId))
-    .take(SCAN_LIMIT);
-  return rows.map(({ providerId, from, text, receivedAt }) => ({
+    .paginate(options);
+  return mapPage(rows, ({ providerId, from, text, receivedAt }) => ({
     providerId,
     from,
     text,

@@ -20,39 +20,38 @@ import {
 import { readCounter } from "../lib/counters";
 import * as jobs from "../lib/jobs";
 import * as model from "../lib/model";
+import { PAGE_ARGS, pageOptions, type Page } from "../lib/pages";
 import * as workers from "../lib/workers";
 
 /** The settings of an agent's jobs, as both `create` and `update` take them. */
 const SETTINGS = ["instructions", "model", "wakeupPrompt", "wakeupIntervalMs"];
 
 /**
- * Every agent's configuration `{id, name, sessionKey, heartbeatIntervalMs, instructions,
- * model, wakeupPrompt, wakeupIntervalMs, updatedAt}` (null for an unset setting), oldest
- * first. Reads no presence, so heartbeats never invalidate it.
+ * A page (`cursor?`, `numItems?`: see ../lib/pages.ts) of the agents' configurations
+ * `{id, name, sessionKey, heartbeatIntervalMs, instructions, model, wakeupPrompt,
+ * wakeupIntervalMs, updatedAt}` (null for an unset setting), oldest first:
+ * `{page, continueCursor, isDone}`. Reads no presence, so heartbeats never invalidate it.
  */
 export const list = query({
   args: v.any(),
-  handler: async (ctx, args): Promise<model.AgentConfig[]> => {
-    serviceArgs(args, []);
-    return await model.listAgents(ctx);
+  handler: async (ctx, args): Promise<Page<model.AgentConfig>> => {
+    const a = serviceArgs(args, PAGE_ARGS);
+    return await model.listAgents(ctx, pageOptions(a));
   },
 });
 
 /**
- * What an agent sync reads, in one call: `{agents, workers}`, `agents` as `list` returns
- * them and `workers` as `service/workers:list` does (the live worker ids, sorted).
+ * What an agent sync reads: a page of agents as `list` returns it (same arguments), with
+ * `workers` as `service/workers:list` returns them (the live worker ids, sorted) on every
+ * page: `{page, workers, continueCursor, isDone}`. A fleet that fits in one page is read
+ * in one call.
  */
 export const snapshot = query({
   args: v.any(),
-  handler: async (
-    ctx,
-    args,
-  ): Promise<{ agents: model.AgentConfig[]; workers: string[] }> => {
-    serviceArgs(args, []);
-    return {
-      agents: await model.listAgents(ctx),
-      workers: await workers.liveWorkers(ctx, Date.now()),
-    };
+  handler: async (ctx, args): Promise<Page<model.AgentConfig> & { workers: string[] }> => {
+    const a = serviceArgs(args, PAGE_ARGS);
+    const page = await model.listAgents(ctx, pageOptions(a));
+    return { ...page, workers: await workers.liveWorkers(ctx, Date.now()) };
   },
 });
 

@@ -29,6 +29,7 @@ import {
 } from "../lib/args";
 import { readCounter } from "../lib/counters";
 import * as jobs from "../lib/jobs";
+import { PAGE_ARGS, pageOptions, type Page } from "../lib/pages";
 
 /**
  * Queue a job of `kind?` (`task`, the default, or `wakeup`) for agent `agentId`: `input`
@@ -174,17 +175,19 @@ export const get = query({
 });
 
 /**
- * The jobs of agent `agentId?` (of every agent if not given) with `status?` (any if not
- * given), oldest first; at most 1000 until the contract adds pagination.
+ * A page (`cursor?`, `numItems?`: see ../lib/pages.ts) of the jobs of agent `agentId?` (of
+ * every agent if not given) with `status?` (any if not given), oldest first:
+ * `{page, continueCursor, isDone}`.
  */
 export const list = query({
   args: v.any(),
-  handler: async (ctx, args): Promise<jobs.Job[]> => {
-    const a = serviceArgs(args, ["agentId", "status"]);
-    return await jobs.list(ctx, {
+  handler: async (ctx, args): Promise<Page<jobs.Job>> => {
+    const a = serviceArgs(args, ["agentId", "status", ...PAGE_ARGS]);
+    const filter = {
       agentId: optional(string, "agentId", a.agentId),
       status: optional((field, value) => oneOf(field, value, JOB_STATUSES), "status", a.status),
-    });
+    };
+    return await jobs.list(ctx, filter, pageOptions(a));
   },
 });
 

@@ -5,23 +5,26 @@
  */
 import { v } from "convex/values";
 import { internalMutation, mutation, query } from "../_generated/server";
-import { beats, serviceArgs, stringArray } from "../lib/args";
+import { beats, offlineAgentIds, serviceArgs } from "../lib/args";
 import * as model from "../lib/model";
+import { PAGE_ARGS, pageOptions, type Page } from "../lib/pages";
 
 /**
- * `{agentId, status, lastHeartbeatAt}` for every agent, in the order of
- * `service/agents:list`; `status` is online only if stored online and not stale.
+ * A page (`cursor?`, `numItems?`: see ../lib/pages.ts) of `{agentId, status,
+ * lastHeartbeatAt}`, one per agent, in the order of `service/agents:list` (the same
+ * cursors): `{page, continueCursor, isDone}`; `status` is online only if stored online and
+ * not stale.
  */
 export const list = query({
   args: v.any(),
-  handler: async (ctx, args): Promise<model.Presence[]> => {
-    serviceArgs(args, []);
-    return await model.listPresence(ctx);
+  handler: async (ctx, args): Promise<Page<model.Presence>> => {
+    const a = serviceArgs(args, PAGE_ARGS);
+    return await model.listPresence(ctx, pageOptions(a));
   },
 });
 
 /**
- * For each of `beats: [{agentId, atMs}]`, set the agent online with
+ * For each of `beats: [{agentId, atMs}]` (at most 1000), set the agent online with
  * `lastHeartbeatAt = max(old, atMs)`. Unknown agents are ignored. Returns
  * `{refused: [agentId]}`: the beats more than 60 s ahead of the backend's clock,
  * which are not written.
@@ -34,12 +37,15 @@ export const recordHeartbeats = mutation({
   },
 });
 
-/** Set the agents `agentIds: [string]` offline. Unknown agents are ignored. Returns null. */
+/**
+ * Set the agents `agentIds: [string]` (at most 1000) offline. Unknown agents are ignored.
+ * Returns null.
+ */
 export const markOffline = mutation({
   args: v.any(),
   handler: async (ctx, args): Promise<null> => {
     const a = serviceArgs(args, ["agentIds"]);
-    await model.markOffline(ctx, stringArray("agentIds", a.agentIds));
+    await model.markOffline(ctx, offlineAgentIds("agentIds", a.agentIds));
     return null;
   },
 });

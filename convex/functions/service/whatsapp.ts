@@ -23,6 +23,7 @@ import {
   webhookStatuses,
 } from "../lib/args";
 import * as jobs from "../lib/jobs";
+import { PAGE_ARGS, pageOptions, type Page } from "../lib/pages";
 import * as whatsapp from "../lib/whatsapp";
 
 /**
@@ -195,30 +196,32 @@ export const recordWebhook = mutation({
 });
 
 /**
- * The outbound messages of `accountId` (only those with `status?`, if given),
- * `[{id, to, text, status, attempts, wamid, lastError, createdAt, updatedAt}]`, oldest
- * first; at most 1000 (`whatsapp.SCAN_LIMIT`) until the contract adds pagination.
+ * A page (`cursor?`, `numItems?`: see ../lib/pages.ts) of the outbound messages of
+ * `accountId` (only those with `status?`, if given), oldest first: `{page,
+ * continueCursor, isDone}`, each row `{id, to, text, status, attempts, wamid, lastError,
+ * createdAt, updatedAt}`.
  */
 export const listOutbox = query({
   args: v.any(),
-  handler: async (ctx, args): Promise<whatsapp.OutboxRow[]> => {
-    const a = serviceArgs(args, ["accountId", "status"]);
-    return await whatsapp.listOutbox(
-      ctx,
-      label("accountId", a.accountId),
-      optional((field, value) => oneOf(field, value, OUTBOUND_STATUSES), "status", a.status),
-    );
+  handler: async (ctx, args): Promise<Page<whatsapp.OutboxRow>> => {
+    const a = serviceArgs(args, ["accountId", "status", ...PAGE_ARGS]);
+    const filter = {
+      accountId: label("accountId", a.accountId),
+      status: optional((field, value) => oneOf(field, value, OUTBOUND_STATUSES), "status", a.status),
+    };
+    return await whatsapp.listOutbox(ctx, filter, pageOptions(a));
   },
 });
 
 /**
- * The inbound messages of `accountId`, `[{providerId, from, text, receivedAt}]`, oldest
- * first; at most 1000 (`whatsapp.SCAN_LIMIT`) until the contract adds pagination.
+ * A page (`cursor?`, `numItems?`: see ../lib/pages.ts) of the inbound messages of
+ * `accountId`, oldest first: `{page, continueCursor, isDone}`, each row `{providerId, from,
+ * text, receivedAt}`.
  */
 export const listInbox = query({
   args: v.any(),
-  handler: async (ctx, args): Promise<whatsapp.InboxRow[]> => {
-    const a = serviceArgs(args, ["accountId"]);
-    return await whatsapp.listInbox(ctx, label("accountId", a.accountId));
+  handler: async (ctx, args): Promise<Page<whatsapp.InboxRow>> => {
+    const a = serviceArgs(args, ["accountId", ...PAGE_ARGS]);
+    return await whatsapp.listInbox(ctx, label("accountId", a.accountId), pageOptions(a));
   },
 });
