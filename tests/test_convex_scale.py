@@ -1,7 +1,7 @@
 """20,000 agents on Convex (the fake deployment, which holds every call to Convex's
 limits): one core worker runs them all, reads them page by page, writes their heartbeats
 in chunks, and the CLI lists them; no call is refused for a limit. As the last worker to
-stop it should mark them offline, in chunks: it does not yet (the xfail below).
+stop it marks them offline, in chunks.
 
 The scenario runs once (`fleet`); each test checks one part of what it observed."""
 
@@ -174,12 +174,8 @@ def test_heartbeats_and_offline_marks_go_in_chunks_none_refused(fleet: Fleet) ->
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: at 20,000 agents, stopping the agents' actors outlasts the runtime's"
-    " 3.2 s stop deadline (ACTORS_STOP_TIMEOUT_S), so the last worker cannot write every"
-    " offline mark before it exits",
-)
 def test_the_last_worker_marks_every_agent_offline_at_sigterm(fleet: Fleet) -> None:
     assert sum(fleet.marks_per_call) == AGENTS
     assert fleet.online_after_stop == 0
+    assert fleet.exit_code == 0
+    assert fleet.stop_s < 5.0

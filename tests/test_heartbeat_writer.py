@@ -163,6 +163,17 @@ def test_stopped_agent_whose_last_beat_failed_is_never_written_online_again(
     assert all("a" not in w for w in recorded.written()[1:])
 
 
+def test_a_beat_from_an_agent_marked_offline_while_it_stops_is_dropped(
+    writer: pykka.ActorRef[HeartbeatWriter], recorded: Recorded
+) -> None:
+    writer.ask(AgentsStopped(agent_ids=("a",), offline=("a",)))  # marked before it stopped
+    writer.tell(Heartbeat(agent_id="a", at_ms=7))  # its actor beat once more meanwhile
+    writer.tell(Heartbeat(agent_id="b", at_ms=7))
+    writer.stop()
+    assert recorded.calls == ["offline:a", "record"]
+    assert recorded.written() == [{"b": 7}]
+
+
 def test_moved_agents_are_forgotten_without_offline_marks(
     writer: pykka.ActorRef[HeartbeatWriter], recorded: Recorded
 ) -> None:

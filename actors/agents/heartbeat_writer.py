@@ -65,6 +65,9 @@ class HeartbeatWriter(SupervisedActor):
         self.timers = Timers(scheduler, self.actor_ref)
         self._pending: dict[str, Heartbeat] = {}
         self._pending_offline: set[str] = set()
+        self._marked_offline: set[str] = set()
+        """Agents stopped and marked offline (removed, or the last worker stopping): a beat
+        from one still stopping must not bring it back online. Agent ids are not reused."""
         self._last_written_at: dict[str, int] = {}
         self._intervals_ms: dict[str, int] = {}
         self._last_flush_s = float("-inf")
@@ -93,6 +96,8 @@ class HeartbeatWriter(SupervisedActor):
             super().on_receive(message)
 
     def _add(self, beat: Heartbeat) -> None:
+        if beat.agent_id in self._marked_offline:
+            return
         known = self._pending.get(beat.agent_id)
         if known is None or known.at_ms < beat.at_ms:
             self._pending[beat.agent_id] = beat
@@ -161,6 +166,7 @@ class HeartbeatWriter(SupervisedActor):
 
     def _stopped(self, stopped: AgentsStopped) -> None:
         self._pending_offline.update(stopped.offline)
+        self._marked_offline.update(stopped.offline)
         self._flush()  # their last beats first, then the offline marks
         for agent_id in stopped.agent_ids:
             # If the beats could not be written, drop them: a later retry must not bring a

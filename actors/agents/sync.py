@@ -456,8 +456,11 @@ class SyncActor(SupervisedActor):
     def _stop_agents(self, agent_ids: Sequence[str], offline: Sequence[str]) -> None:
         """Stop these agents' actors, then have the writer forget them, marking the
         `offline` ones offline (the others are, or will be, run by another worker)."""
-        if not agent_ids:
-            return
+        if agent_ids:
+            self._stop_actors(agent_ids)
+            self._tell_writer(AgentsStopped(agent_ids=tuple(agent_ids), offline=tuple(offline)))
+
+    def _stop_actors(self, agent_ids: Sequence[str]) -> None:
         agents = [self._agents[a] for a in agent_ids if a in self._agents]
         futures = [a.ref.stop(block=False) for a in agents if a.ref is not None]
         try:
@@ -468,7 +471,6 @@ class SyncActor(SupervisedActor):
             )
         for agent in agents:
             agent.ref = None
-        self._tell_writer(AgentsStopped(agent_ids=tuple(agent_ids), offline=tuple(offline)))
 
     def _tell_writer(self, message: AgentsStopped) -> None:
         try:
@@ -555,8 +557,13 @@ class SyncActor(SupervisedActor):
             for ref in [a.ref for a in self._agents.values() if a.ref is not None]:
                 ref.stop(block=False)
         else:
+            # The writer first: stopping thousands of actors can outlast the stop deadline,
+            # and the offline marks must not wait for it (the writer drops any beat an
+            # agent marked offline sends while it stops).
             agent_ids = list(self._agents)
-            self._stop_agents(agent_ids, offline=agent_ids if self._last_worker() else ())
+            offline = agent_ids if self._last_worker() else ()
+            self._tell_writer(AgentsStopped(agent_ids=tuple(agent_ids), offline=tuple(offline)))
+            self._stop_actors(agent_ids)
         self._agents.clear()
         metrics.AGENTS_RUNNING.set(0)
         status = self._board.get(STATUS_NAME)
