@@ -19,7 +19,9 @@ JOBS_PER_AGENT = 10
 def test_three_workers_run_3000_jobs_once_each_in_order_on_their_owners(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "local.db")
     agents = [backend.create_agent(f"agent-{n}", 5000).id for n in range(AGENTS)]
-    workers = [RuntimeProcess(worker_env(tmp_path, name)) for name in WORKERS]
+    # A registration outlives a loaded machine's late renewals: the owners stay put.
+    slow_expiry = {"WORKER_HEARTBEAT_MS": "1000", "WORKER_TTL_MS": "15000"}
+    workers = [RuntimeProcess(worker_env(tmp_path, name, **slow_expiry)) for name in WORKERS]
     try:
         # Ownership settles first (every worker sees all three), so it is fixed while jobs run.
         wait_for(
