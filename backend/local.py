@@ -26,7 +26,7 @@ from backend.local_jobs import JOBS_SCHEMA, LocalJobs
 from backend.local_whatsapp import MIGRATE_STATUSES_TO_V3, WHATSAPP_SCHEMA, LocalWhatsApp
 from backend.port import CLOSE_TIMEOUT_S, Backend
 from messages import AgentRecord, Heartbeat
-from messages.agent import PRESENCE_TTL_INTERVALS, describe_validation_error
+from messages.agent import CONFIG_FIELDS, PRESENCE_TTL_INTERVALS, describe_validation_error
 
 BUSY_TIMEOUT_S = 5.0
 """How long a write waits for another process's write lock before failing."""
@@ -96,17 +96,8 @@ ALTER TABLE agents ADD COLUMN wakeup_interval_ms INTEGER;
 """
 """Schema version 5: what an agent's jobs run with, and its wake-up turn."""
 
-_AGENT_FIELDS = (
-    "id",
-    "name",
-    "session_key",
-    "heartbeat_interval_ms",
-    "instructions",
-    "model",
-    "wakeup_prompt",
-    "wakeup_interval_ms",
-    "updated_at",
-)
+_AGENT_FIELDS = tuple(f for f in AgentRecord.model_fields if f in CONFIG_FIELDS)
+"""The stored configuration, in the record's field order (presence is apart)."""
 _AGENT_COLUMNS = ", ".join(_AGENT_FIELDS)
 _OPTIONAL_FIELDS = ("instructions", "model", "wakeup_prompt", "wakeup_interval_ms")
 
