@@ -166,7 +166,7 @@ def test_an_agent_runs_its_jobs_in_order_agents_in_parallel_within_the_bound(
     wait_for(lambda: all_done(local_backend, *jobs), what="every job done")
     assert model.most_in_progress == 2
     assert model.started in (["a1", "b1", "c1", "a2"], ["b1", "a1", "c1", "a2"])
-    assert jobs_status(board).completed == 4
+    wait_for(lambda: jobs_status(board).completed == 4, what="4 runs counted")
 
 
 def test_a_claim_is_renewed_while_its_run_goes_on(
@@ -274,7 +274,7 @@ def test_a_model_that_never_answers_fails_the_job_after_max_steps(
     wait_for(lambda: status_of(local_backend, job_id) == "failed", what="failed")
     row = local_backend.get_job(job_id)
     assert row["error"] == "no final answer within JOB_MAX_STEPS=3 model calls"
-    assert jobs_status(board).failed == 1
+    wait_for(lambda: jobs_status(board).failed == 1, what="the failure counted")
 
 
 def test_model_errors_retry_with_backoff_or_fail_for_good(

@@ -61,7 +61,10 @@ def test_a_queued_job_is_run_with_its_tool_call_and_completed(
         assert row["result"] == "tool record_run returned: recorded 1"
         assert (row["steps"], row["workerId"], row["attempts"]) == (2, "w1", 0)
         assert runs(tmp_path) == ["w1 scout 1"]
-        health = worker.health()["jobs"]
+        health = wait_for(
+            lambda: (jobs := worker.health()["jobs"])["completed"] == 1 and jobs,
+            what="the run counted in /health",
+        )
         assert (health["completed"], health["running"], health["lastError"]) == (1, 0, None)
         metrics = worker.get("/metrics").text
         assert 'agent_runtime_tool_calls_total{ok="true",tool="record_run"} 1.0' in metrics
