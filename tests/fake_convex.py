@@ -54,6 +54,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from tests.fake_server import bound_socket, serve, shut_down
+
 __all__ = [
     "FAULTS",
     "MAX_ARRAY_ELEMENTS",
@@ -98,7 +100,6 @@ fails its tests."""
 
 _TIMEOUT_STATUS = 504
 _MALFORMED_BODY = b'{"status":"success","value":'  # truncated JSON, served as application/json
-_START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
 _NOTIFY_TIMEOUT_S = 10.0
 _RESET_DISCONNECT_WAIT_S = 5.0
@@ -354,36 +355,6 @@ def to_convex_json(value: Any) -> Any:  # noqa: PLR0911
     raise TypeError(f"not a Convex JSON value: {type(value).__name__}")
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, whose main loop ends as soon as `stop()` sets the fake's stopping event
-    (uvicorn itself polls `should_exit` every 0.1 s)."""
-
-    def __init__(self, config: uvicorn.Config, fake: FakeConvex) -> None:
-        super().__init__(config)
-        self._fake = fake
-
-    async def main_loop(self) -> None:
-        stopping = self._fake._stopping  # set by the lifespan startup, which ran already
-        while not await self.on_tick(0):  # on_tick(0) refreshes the Date header, checks should_exit
-            if stopping is None:
-                await asyncio.sleep(0.1)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), 1.0)
-            if stopping.is_set():
-                return
-
-
-def _bound_socket() -> socket.socket:
-    """A listening TCP socket on 127.0.0.1 on a free port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # proto=0: asyncio would not set TCP_NODELAY, and keep-alive answers would wait ~40 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
-
-
 def _request_id() -> str:
     return secrets.token_hex(8)
 
@@ -520,9 +491,9 @@ class FakeConvex:
         """
         if self._server is not None:
             raise RuntimeError("FakeConvex already started")
-        inner = _bound_socket()
+        inner = bound_socket()
         inner_port = inner.getsockname()[1]
-        public = _bound_socket()
+        public = bound_socket()
         port = public.getsockname()[1]
         # The relay starts first (it reaches uvicorn only per connection): the startups overlap.
         relay = subprocess.Popen(
@@ -553,26 +524,13 @@ class FakeConvex:
             access_log=False,
             timeout_graceful_shutdown=3,
         )
-        server = _Server(config, self)
-        thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [inner]},
-            name=f"fake-convex-{inner_port}",
-            daemon=True,
-        )
-        self._server, self._thread = server, thread
-        thread.start()
-        ready = threading.Event()
-        for _ in range(int(_START_TIMEOUT_S / 0.01)):
-            if server.started:
-                break
-            if not thread.is_alive():
-                self.stop()
-                raise RuntimeError("FakeConvex server thread died during startup")
-            ready.wait(0.01)
-        else:
-            self.stop()
-            raise RuntimeError(f"FakeConvex did not start within {_START_TIMEOUT_S} s")
+        try:
+            self._server, self._thread = serve(
+                config, inner, f"fake-convex-{inner_port}", lambda: self._stopping
+            )
+        except RuntimeError:
+            self.stop()  # the relay too
+            raise
         assert relay.stdout is not None
         if relay.stdout.readline() != b"ready\n":
             self.stop()
@@ -586,16 +544,8 @@ class FakeConvex:
         Ends hanging "timeout" requests and closes WebSockets (close code 1012). Safe to call while
         clients are connected, stalled, or already dropped.
         """
-        server, thread, loop, stopping = self._server, self._thread, self._loop, self._stopping
-        if server is not None and thread is not None:
-            if loop is not None and stopping is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(stopping.set)
-            server.should_exit = True
-            thread.join(_STOP_TIMEOUT_S)
-            if thread.is_alive():
-                server.force_exit = True
-                thread.join(_STOP_TIMEOUT_S)
+        if self._server is not None and self._thread is not None:
+            shut_down(self._server, self._thread, self._loop, self._stopping)
         self._server = self._thread = None
         relay, self._relay = self._relay, None
         if relay is not None:

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from agent_runtime.clock import monotonic_s
-from tests.fake_server import BackgroundServer
+from tests.fake_server import BackgroundServer, ServedFake
 
 __all__ = ["Answer", "FakeGraph", "GraphRequest"]
 
@@ -101,7 +101,7 @@ RecipientRule = Callable[[str], Answer | None]
 """`to -> Answer | None`: an answer for this contact, or None for the default."""
 
 
-class FakeGraph:
+class FakeGraph(ServedFake):
     """The fake Graph API. Attributes the test may set at any time:
 
     delay_s: how long every answer waits (default 0); `stop()` ends a wait at once.
@@ -147,24 +147,6 @@ class FakeGraph:
     ) -> None:
         """Queue a Graph error for the next request (see `Answer.error`)."""
         self.answer_next(Answer.error(status, error_code, message, retry_after))
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> FakeGraph:
-        """Serve on a free port of 127.0.0.1; return once it accepts connections."""
-        self._server.start()
-        self.url = f"http://127.0.0.1:{self._server.port}"
-        return self
-
-    def stop(self) -> None:
-        """Stop serving (ending any delayed answer) and join the thread. Idempotent."""
-        self._server.stop()
-
-    def __enter__(self) -> FakeGraph:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ serving
 

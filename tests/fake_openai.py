@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tests.fake_server import BackgroundServer
+from tests.fake_server import BackgroundServer, ServedFake
 
 __all__ = ["Answer", "FakeOpenAI", "OpenAIRequest", "completion", "error_body"]
 
@@ -102,8 +102,10 @@ class OpenAIRequest:
         return self.body.get("messages") if isinstance(self.body, dict) else None
 
 
-class FakeOpenAI:
+class FakeOpenAI(ServedFake):
     """The fake chat completions API (see the module docstring)."""
+
+    URL_PATH = "/v1"
 
     def __init__(self, *, api_key: str | None = None) -> None:
         self.url = ""
@@ -141,24 +143,6 @@ class FakeOpenAI:
         out); the default answers resume once the queue is empty."""
         with self._lock:
             self._script.append(Answer(status, body, dict(headers or {}), delay_s))
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> FakeOpenAI:
-        """Serve on a free port of 127.0.0.1; return once it accepts connections."""
-        self._server.start()
-        self.url = f"http://127.0.0.1:{self._server.port}/v1"
-        return self
-
-    def stop(self) -> None:
-        """Stop serving (ending any delayed answer) and join the thread. Idempotent."""
-        self._server.stop()
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ serving
 
