@@ -228,7 +228,7 @@ def test_a_run_whose_claim_lapsed_never_completes_the_job(
     assert len(model.calls) == 1
 
 
-def test_a_lost_claim_stops_the_run_at_its_next_step(
+def test_removing_the_agent_mid_run_fences_the_claim_and_nothing_completes(
     local_backend: LocalBackend, board: StatusBoard, model: ScriptedModel
 ) -> None:
     agent = local_backend.create_agent("lost", 5000).id

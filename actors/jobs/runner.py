@@ -162,6 +162,9 @@ class JobRunner:
         self._backend = backend
         self._provider = provider
         self._tools = tools
+        # TOOLS_MODULES are loaded before the runner exists: the tools are fixed from here.
+        self._specs = tools.specs()
+        self._tool_names = frozenset(tools.names())
         self.options = options
         self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._threads = [
@@ -234,17 +237,16 @@ class JobRunner:
         """Ask the model, running its tool calls, until it answers; None if it has not
         answered within max_steps model calls."""
         turn = _Turn(messages=self._opening(run), usage=Usage(input_tokens=0, output_tokens=0))
-        specs = self._tools.specs()
         while turn.steps < self.options.max_steps:
             run.control.check()
-            reply = self._ask(turn, specs, run.agent.model)
+            reply = self._ask(turn, self._specs, run.agent.model)
             if not reply.tool_calls:
                 return turn, reply.content or ""
             turn.messages.append(ChatMessage.assistant(reply.content, reply.tool_calls))
             for call in reply.tool_calls:
                 run.control.check()
                 result = self._tools.call(call.name, call.arguments)
-                known = call.name in self._tools.names()
+                known = call.name in self._tool_names
                 metrics.TOOL_CALLS.labels(
                     tool=call.name if known else "unknown", ok=str(result.ok).lower()
                 ).inc()
